@@ -1,0 +1,92 @@
+"""llama.cpp backend (llama-cpp-python, low-level path).
+
+Forward passes only: ``Llama.eval`` for the tokens, then the last position's logits
+read in place with ``llama_get_logits_ith`` (no ``logits_all``, no Python lists of
+the vocabulary). The KV cache lives in the llama.cpp context; ``trim`` drops its tail.
+Sampling stays in mlxgen's shared loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Sequence
+
+import llama_cpp
+import numpy as np
+
+from mlxgen.config import Config
+from mlxgen.errors import ModelError
+from mlxgen.hardware import Choice
+from mlxgen.sources import resolve_gguf
+
+
+def prepare(cfg: Config) -> Path:
+    """The GGUF file to load (downloaded once into the Hugging Face cache if needed)."""
+    return resolve_gguf(cfg.llm)
+
+
+def load(weights: Path, cfg: Config, choice: Choice) -> "LlamaCppBackend":
+    n_threads = cfg.llm.n_threads or choice.n_threads
+    n_gpu_layers = cfg.llm.n_gpu_layers if cfg.llm.n_gpu_layers is not None else choice.n_gpu_layers
+    return LlamaCppBackend(weights, n_ctx=cfg.llm.n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0, n_batch: int = 512):
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=min(n_batch, n_ctx),
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ModelError(f"{path}: llama.cpp cannot load this model ({e})") from None
+        self.n_ctx = self._llm.n_ctx()
+        self.vocab_size = self._llm.n_vocab()
+        offload = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+        layers = "all layers" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
+        self.device = f"gpu ({layers}), {n_threads} threads" if offload else f"cpu ({n_threads} threads)"
+        self._ctx = self._llm.ctx
+        self._logits_t = ctypes.POINTER(ctypes.c_float * self.vocab_size)
+
+    def _last_logits(self) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(ctypes.cast(ptr, self._logits_t).contents)  # a view, valid until next eval
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self._llm.eval(ids)
+        return self._last_logits()
+
+    def step(self, token: int) -> np.ndarray:
+        self._llm.eval((token,))
+        return self._last_logits()
+
+    def trim(self, n_tokens: int) -> None:
+        n_tokens = max(0, min(n_tokens, self._llm.n_tokens))
+        self._llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)
+        self._llm.n_tokens = n_tokens
+
+    @property
+    def n_cached(self) -> int:
+        return self._llm.n_tokens
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
+
+
+def doctor_rows() -> list[tuple[str, str]]:
+    return [
+        ("llama-cpp-python", getattr(llama_cpp, "__version__", "?")),
+        ("llama.cpp GPU offload", "yes" if llama_cpp.llama_supports_gpu_offload() else "no (CPU build)"),
+        ("llama.cpp system info", llama_cpp.llama_print_system_info().decode(errors="replace").strip()),
+    ]

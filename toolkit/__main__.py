@@ -1,0 +1,3 @@
+from mlxgen.cli import main
+
+main()

@@ -1,0 +1,273 @@
+"""Configuration: frozen dataclasses, validated once.
+
+The source article's file (``tokenizer`` / ``llm`` / ``inference``) loads unchanged;
+everything else is an addition with a default here and nowhere else.
+CLI flags are applied as dotted-key overrides on the raw mapping *before*
+validation, so a flag and a YAML value go through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlxgen.errors import ConfigError
+
+BACKENDS = ("auto", "mlx", "llama.cpp")
+DEFAULT_PRESET = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class Quantize:
+    bits: int = 4
+    group_size: int = 64
+
+    def validate(self, key: str) -> None:
+        _check(self.bits in (2, 3, 4, 5, 6, 8), f"{key}.bits", self.bits, "one of 2, 3, 4, 5, 6, 8")
+        _check(self.group_size in (32, 64, 128), f"{key}.group_size", self.group_size, "one of 32, 64, 128")
+
+
+@dataclass(frozen=True)
+class MLXSource:
+    """Where the MLX backend gets its weights when the GGUF is not used."""
+
+    repo: str | None = None  # original HF repo (converted) or an MLX repo (used as is)
+    revision: str = "main"
+    path: str | None = None  # a local mlx-lm model folder
+    quantize: Quantize = field(default_factory=Quantize)
+
+    _aliases = {"branch": "revision"}
+
+    def validate(self, key: str) -> None:
+        self.quantize.validate(f"{key}.quantize")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    repo: str | None = None
+    file: str = "tokenizer.json"
+    revision: str = "main"
+    path: str | None = None  # a local tokenizer.json
+    eos_token: tuple[str, ...] = ()
+    chat_template: str | None = None
+
+    _aliases = {"branch": "revision"}
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    repo: str | None = None
+    file: str | None = None
+    branch: str = "main"
+    path: str | None = None  # a local GGUF file
+    package: str | None = None  # a Python package that ships `file` (the embedded model)
+    n_ctx: int = 4096
+    n_threads: int | None = None  # None: one per available core
+    n_gpu_layers: int | None = None  # None: decided by hardware detection
+    mlx: MLXSource = field(default_factory=MLXSource)
+
+    _aliases = {"revision": "branch"}
+
+    def validate(self, key: str) -> None:
+        _check(self.n_ctx > 0, f"{key}.n_ctx", self.n_ctx, "a positive integer")
+        if self.n_threads is not None:
+            _check(self.n_threads > 0, f"{key}.n_threads", self.n_threads, "a positive integer")
+        if self.package and not self.file:
+            raise ConfigError(f"{key}.package: needs {key}.file, the file inside the package")
+        if self.repo and not self.file and not self.mlx.repo:
+            raise ConfigError(f"{key}.repo: needs {key}.file, the GGUF file in the repo")
+        self.mlx.validate(f"{key}.mlx")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    max_length: int = 1024  # tokens to generate (the article's name); --max-tokens too
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repetition_context: int = 64
+    seed: int | None = None  # None: fresh randomness each run
+    stop: tuple[str, ...] = ()
+    system_prompt: str | None = None
+    thinking: bool | None = None  # None: the template's default
+    raw: bool = False  # no chat template at all
+
+    _aliases = {"max_tokens": "max_length", "stop_strings": "stop", "system": "system_prompt"}
+
+    def validate(self, key: str) -> None:
+        _check(self.max_length > 0, f"{key}.max_length", self.max_length, "a positive integer")
+        _check(self.temperature >= 0, f"{key}.temperature", self.temperature, ">= 0 (0 = greedy)")
+        _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "in (0, 1]")
+        _check(self.top_k >= 0, f"{key}.top_k", self.top_k, ">= 0 (0 = off)")
+        _check(0 <= self.min_p < 1, f"{key}.min_p", self.min_p, "in [0, 1)")
+        _check(self.repetition_penalty > 0, f"{key}.repetition_penalty", self.repetition_penalty, "> 0 (1 = off)")
+        _check(self.repetition_context > 0, f"{key}.repetition_context", self.repetition_context, "a positive integer")
+        _check(all(self.stop), f"{key}.stop", list(self.stop), "non-empty strings")
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = "auto"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    source: str = "<defaults>"  # where it came from, for --dry-run
+
+    def validate(self) -> None:
+        _check(self.backend in BACKENDS, "backend", self.backend, "one of " + ", ".join(BACKENDS))
+        self.llm.validate("llm")
+        self.inference.validate("inference")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return _plain(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("mlxgen.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a YAML file (or a preset name, or the default preset) and apply dotted overrides."""
+    text, source = _read_source(path)
+    raw = _parse_yaml(text, source)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    cfg = _build(Config, raw, "")
+    cfg = dataclasses.replace(cfg, source=source)
+    cfg.validate()
+    return cfg
+
+
+def _read_source(path: str | Path | None) -> tuple[str, str]:
+    if path is None:
+        path = DEFAULT_PRESET
+    p = Path(path)
+    if p.is_file():
+        try:
+            return p.read_text(encoding="utf-8"), str(p)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: cannot read config: {e}") from None
+    name = str(path)
+    if p.suffix == "" and name in preset_names():
+        return resources.files("mlxgen.configs").joinpath(f"{name}.yaml").read_text(encoding="utf-8"), f"preset {name}"
+    if p.exists():
+        raise ConfigError(f"{p}: not a file")
+    hint = f" (presets: {', '.join(preset_names())})" if p.suffix == "" else ""
+    raise ConfigError(f"{p}: config file not found{hint}")
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {_type_name(data)} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    aliases: dict[str, str] = dict(getattr(cls, "_aliases", {}))
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(str(key), str(key))
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if name not in fields:
+            raise ConfigError(f"{dotted}: unknown key{_suggest(str(key), list(fields) + list(aliases))}")
+        kwargs[name] = _coerce(hints[name], value, dotted)
+    return cls(**kwargs)
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is tuple:  # tuple[str, ...]: one string or a list of them
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{key}: expected a string or a list of strings, got {_type_name(value)} {value!r}")
+        return tuple(items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a numeric revision
+    expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[tp]
+    raise ConfigError(f"{key}: expected {expected}, got {_type_name(value)} {value!r}")

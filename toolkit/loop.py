@@ -1,0 +1,173 @@
+"""The one generation loop every backend runs through.
+
+Two layers, as in mlx-lm: ``token_stream`` turns a backend and a sampler into token
+ids (prefill, then one cached step per token); ``generate`` turns those ids into
+events: text deltas, EOS and stop handling, limits, timings. It never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence, Union
+
+from mlxgen.backends.base import Backend
+from mlxgen.errors import PromptError
+from mlxgen.streaming import IncrementalDecoder, StopMatcher
+
+Sampler = Callable[[Sequence[int], object], object]  # (history, logits) -> token (int or lazy scalar)
+
+STOP_REASONS = ("eos", "stop", "length", "context", "interrupted")
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    id: int
+    text: str  # text released to the stream at this token ("" while held back)
+    time: float  # seconds since the loop started
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    ttft_s: float = 0.0  # prefill + first sample
+    decode_s: float = 0.0  # first token to last token
+    load_s: float | None = None  # filled in by the caller, which did the loading
+
+    @property
+    def prefill_tps(self) -> float | None:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else None
+
+    @property
+    def decode_tps(self) -> float | None:
+        steps = self.generated_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else None
+
+    def as_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "load_s": self.load_s,
+            "prefill_s": self.prefill_s,
+            "prefill_tps": self.prefill_tps,
+            "ttft_s": self.ttft_s,
+            "decode_s": self.decode_s,
+            "decode_tps": self.decode_tps,
+        }
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: str  # one of STOP_REASONS
+    text: str
+    tokens: list[int]
+    stats: Stats
+    stop_token: int | None = None  # the EOS id that ended generation
+    trace: list[tuple[int, float]] = field(default_factory=list)  # (token, seconds) incl. EOS
+
+
+Event = Union[TokenEvent, Done]
+
+
+def token_stream(
+    backend: Backend,
+    prompt: Sequence[int],
+    sample: Sampler,
+    limit: int,
+    prefill_chunk: int = 512,
+    on_prefilled: Callable[[], None] | None = None,
+) -> Iterator[int]:
+    """Yield up to ``limit`` sampled token ids; never step past what ``limit`` needs.
+
+    A backend with ``pipelined = True`` (MLX) gets the next step queued before the
+    current token is handed out, so the device works while Python streams text.
+    """
+    history = list(prompt)
+    for start in range(0, len(prompt), prefill_chunk):
+        logits = backend.prefill(prompt[start : start + prefill_chunk])
+    token = sample(history, logits)
+    if on_prefilled:
+        on_prefilled()
+    lookahead = getattr(backend, "pipelined", False) and not getattr(sample, "needs_history", True)
+    for n in range(1, limit + 1):
+        if lookahead and n < limit:
+            queued = sample(history, backend.step(token))
+            getattr(backend, "schedule", lambda _: None)(queued)
+        tid = int(token)
+        history.append(tid)
+        yield tid
+        if n == limit:
+            return
+        token = queued if lookahead else sample(history, backend.step(tid))
+
+
+def generate(
+    backend: Backend,
+    prompt: Sequence[int],
+    sample: Sampler,
+    decode: Callable[[Sequence[int]], str],
+    *,
+    max_tokens: int,
+    eos_ids: Sequence[int] = (),
+    stop: Sequence[str] = (),
+    prefill_chunk: int = 512,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Iterator[Event]:
+    """Prefill, sample, stream; stop on EOS, a stop string, max_tokens or a full context.
+
+    Ctrl-C (KeyboardInterrupt, raised inside or thrown in at a yield) ends the stream
+    with reason ``interrupted`` and the text so far.
+    """
+    if not prompt:
+        raise PromptError("the prompt is empty")
+    if len(prompt) >= backend.n_ctx:
+        raise PromptError(
+            f"the prompt is {len(prompt)} tokens but the context holds {backend.n_ctx}: "
+            "shorten it or raise llm.n_ctx (--ctx)"
+        )
+    room = backend.n_ctx - len(prompt)
+    eos = frozenset(eos_ids)
+    detok, stopper = IncrementalDecoder(decode), StopMatcher(stop)
+    stats = Stats(prompt_tokens=len(prompt))
+    pieces: list[str] = []
+    tokens: list[int] = []
+    trace: list[tuple[int, float]] = []
+    reason, stop_token = "length", None
+    t0 = clock()
+
+    def prefilled() -> None:
+        stats.prefill_s = clock() - t0
+
+    try:
+        for tid in token_stream(backend, prompt, sample, min(max_tokens, room), prefill_chunk, prefilled):
+            now = clock() - t0
+            if not trace:
+                stats.ttft_s = now
+            trace.append((tid, now))
+            if tid in eos:
+                reason, stop_token = "eos", tid
+                break
+            tokens.append(tid)
+            text, hit = stopper.feed(detok.add(tid))
+            pieces.append(text)
+            yield TokenEvent(tid, text, now)
+            if hit:
+                reason = "stop"
+                break
+        else:
+            reason = "length" if len(tokens) >= max_tokens else "context"
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    if reason != "stop":
+        tail, hit = stopper.feed(detok.flush())
+        tail += "" if hit else stopper.flush()
+        reason = "stop" if hit else reason
+        if tail:
+            pieces.append(tail)
+            yield TokenEvent(-1, tail, clock() - t0)  # id -1: held-back text, no new token
+    stats.generated_tokens = len(trace)
+    if len(trace) > 1:
+        stats.decode_s = trace[-1][1] - trace[0][1]
+    yield Done(reason, "".join(pieces), tokens, stats, stop_token, trace)

@@ -1,0 +1,114 @@
+"""How `mlxgen run` shows things: text on stdout, stats and inspection on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from typing import Iterator
+
+from mlxgen.loop import Done, Event, TokenEvent
+
+
+def dry_run(plan, as_json: bool) -> None:
+    import yaml
+
+    info = {
+        "config_source": plan.cfg.source,
+        "backend": plan.choice.backend,
+        "reason": plan.choice.reason,
+        "model": plan.model,
+        "tokenizer": plan.tokenizer,
+        "config": plan.cfg.to_dict(),
+    }
+    if as_json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    print(f"# config:    {info['config_source']}")
+    print(f"# backend:   {info['backend']} ({info['reason']})")
+    print(f"# model:     {info['model']}")
+    print(f"# tokenizer: {info['tokenizer']}")
+    print(yaml.safe_dump(info["config"], sort_keys=False, allow_unicode=True), end="")
+
+
+def show_prompt(sess, text: str, ids: list[int]) -> None:
+    err = sys.stderr
+    print(f"--- prompt ({sess.template.origin} template, {len(ids)} tokens) ---", file=err)
+    print(text, file=err)
+    print(f"--- token ids ---\n{ids}", file=err)
+    print("---", file=err, flush=True)
+
+
+def stream(events: Iterator[Event], echo: bool = True) -> Done:
+    """Consume the loop's events, printing text as it comes (flushed per token).
+
+    Ctrl-C while this code runs is thrown into the loop, which ends the stream with
+    reason ``interrupted`` and keeps the text so far.
+    """
+    out = sys.stdout
+    pending: Event | None = None
+    while True:
+        try:
+            event = pending if pending is not None else next(events)
+            pending = None
+            if isinstance(event, Done):
+                if echo:
+                    out.write("\n")
+                    out.flush()
+                return event
+            if echo and event.text:
+                out.write(event.text)
+                out.flush()
+        except KeyboardInterrupt:
+            pending = events.throw(KeyboardInterrupt)
+
+
+def peak_memory_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def stats(sess, done: Done) -> None:
+    s = done.stats
+    lines = [
+        f"backend {sess.backend.name} on {sess.backend.device} · load {_fmt(s.load_s, '.2f')} s",
+        f"prompt {s.prompt_tokens} tokens · prefill {_fmt(s.prefill_tps, '.1f')} tok/s · "
+        f"first token {_fmt(s.ttft_s, '.3f')} s",
+        f"generated {s.generated_tokens} tokens · decode {_fmt(s.decode_tps, '.1f')} tok/s · "
+        f"stop: {done.reason} · peak memory {peak_memory_mb():.0f} MB",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def result_dict(sess, plan, done: Done, prompt_ids: list[int]) -> dict:
+    return {
+        "text": done.text,
+        "tokens": done.tokens,
+        "stop_reason": done.reason,
+        "prompt_tokens": len(prompt_ids),
+        "backend": sess.backend.name,
+        "device": sess.backend.device,
+        "reason": plan.choice.reason,
+        "model": plan.model,
+        "stats": {**done.stats.as_dict(), "peak_memory_mb": round(peak_memory_mb(), 1)},
+    }
+
+
+def write_trace(path: str, sess, prompt_ids: list[int], done: Done) -> None:
+    tok = sess.tokenizer
+    data = {
+        "backend": sess.backend.name,
+        "prompt": [{"id": i, "text": tok.decode([i])} for i in prompt_ids],
+        "generated": [{"id": i, "text": tok.decode([i]), "t": round(t, 6)} for i, t in done.trace],
+        "stop_reason": done.reason,
+        "stats": done.stats.as_dict(),
+    }
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)

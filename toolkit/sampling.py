@@ -1,0 +1,177 @@
+"""Sampling: small pure functions, composed once per run.
+
+    processors (history, logits) -> logits     repetition penalty
+    temperature                                 0 means argmax
+    filters    logits -> logits                 top-k, top-p, min-p (masking with -inf)
+    draw       logits, u -> token               inverse CDF in vocabulary order
+
+Every function is written against a tiny array-ops namespace (``NUMPY``), so the
+MLX backend can run the very same definitions on ``mx.array`` logits with its own
+ops (``mlxgen.backends.mlx_sampling``). The random generator is passed in, never
+global; the draw takes one uniform number ``u`` from it, so both array kinds pick
+the same token for the same logits and the same random state.
+
+Arguments are checked once, in :func:`make_sampler`, never per token.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mlxgen.errors import ConfigError
+
+Logits = Any  # np.ndarray or mx.array, shape (vocab,)
+Processor = Callable[[Sequence[int], Logits], Logits]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repetition_context: int = 64
+    seed: int | None = None
+
+    def validate(self) -> None:
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"{name}: {getattr(self, name)!r} is not allowed; expected {allowed}")
+
+        if not self.temperature >= 0:
+            raise bad("temperature", ">= 0 (0 = greedy)")
+        if not self.top_k >= 0:
+            raise bad("top_k", ">= 0 (0 = off)")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "in (0, 1]")
+        if not 0 <= self.min_p < 1:
+            raise bad("min_p", "in [0, 1)")
+        if not self.repetition_penalty > 0:
+            raise bad("repetition_penalty", "> 0 (1 = off)")
+        if not self.repetition_context > 0:
+            raise bad("repetition_context", "a positive integer")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _np_softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _np_put(x: np.ndarray, idx: Sequence[int], values: np.ndarray) -> np.ndarray:
+    out = np.array(x, copy=True)
+    out[np.asarray(idx, dtype=np.int64)] = values
+    return out
+
+
+NUMPY = types.SimpleNamespace(
+    name="numpy",
+    asarray=lambda x: np.asarray(x, dtype=np.float32),
+    softmax=_np_softmax,
+    sort_desc=lambda x: -np.sort(-x),
+    kth_largest=lambda x, k: np.partition(x, x.shape[-1] - k)[x.shape[-1] - k],
+    cumsum=np.cumsum,
+    where=np.where,
+    argmax=lambda x: int(np.argmax(x)),
+    count_below=lambda x, t: int(np.count_nonzero(x < t)),
+    item=lambda x: float(x),  # a scalar for arithmetic (MLX: a lazy 0-d array)
+    index=lambda x, i: x[i],  # x[i] where i may be a (lazy) scalar
+    minimum=min,
+    maximum=max,
+    take=lambda x, idx: x[np.asarray(idx, dtype=np.int64)],
+    put=_np_put,
+    neg_inf=float("-inf"),
+)
+
+
+# ----------------------------------------------------------------- the pieces
+
+
+def repetition_penalty(penalty: float, context: int, ops: Any = NUMPY) -> Processor:
+    """CTRL-style penalty (as llama.cpp and transformers): divide positive logits, multiply negative."""
+
+    def process(history: Sequence[int], logits: Logits) -> Logits:
+        recent = sorted(set(history[-context:]))
+        if not recent:
+            return logits
+        picked = ops.take(logits, recent)
+        penalised = ops.where(picked > 0, picked / penalty, picked * penalty)
+        return ops.put(logits, recent, penalised)
+
+    return process
+
+
+def top_k(logits: Logits, k: int, ops: Any = NUMPY) -> Logits:
+    """Keep the k largest logits (ties with the k-th are kept too)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = ops.kth_largest(logits, k)
+    return ops.where(logits < kth, ops.neg_inf, logits)
+
+
+def top_p(logits: Logits, p: float, ops: Any = NUMPY) -> Logits:
+    """Keep the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    probs = ops.softmax(logits)
+    desc = ops.sort_desc(probs)
+    before = ops.cumsum(desc) - desc  # mass strictly above each sorted token
+    n_keep = ops.maximum(ops.count_below(before, p), 1)
+    threshold = ops.index(desc, n_keep - 1)
+    return ops.where(probs < threshold, ops.neg_inf, logits)
+
+
+def min_p(logits: Logits, p: float, ops: Any = NUMPY) -> Logits:
+    """Drop tokens whose probability is below p times the most likely one's."""
+    if p <= 0.0:
+        return logits
+    probs = ops.softmax(logits)
+    return ops.where(probs < p * probs.max(), ops.neg_inf, logits)
+
+
+def draw(logits: Logits, u: float, ops: Any = NUMPY) -> int:
+    """Inverse-CDF draw in vocabulary order with u in (0, 1]."""
+    cdf = ops.cumsum(ops.softmax(logits))
+    target = u * ops.item(cdf[-1])
+    return ops.minimum(ops.count_below(cdf, target), logits.shape[-1] - 1)
+
+
+# ------------------------------------------------------------------ composition
+
+
+def make_processors(params: SamplingParams, ops: Any = NUMPY) -> list[Processor]:
+    procs: list[Processor] = []
+    if params.repetition_penalty != 1.0:
+        procs.append(repetition_penalty(params.repetition_penalty, params.repetition_context, ops))
+    return procs
+
+
+def make_sampler(
+    params: SamplingParams, rng: np.random.Generator | None = None, ops: Any = NUMPY
+) -> Callable[[Sequence[int], Logits], int]:
+    """Compose processors, temperature, filters and draw once; return ``sample(history, logits)``."""
+    params.validate()
+    rng = rng if rng is not None else np.random.default_rng(params.seed)
+    processors = make_processors(params, ops)
+
+    def sample(history: Sequence[int], logits: Logits) -> int:
+        logits = ops.asarray(logits)
+        for proc in processors:
+            logits = proc(history, logits)
+        if params.greedy:
+            return ops.argmax(logits)
+        logits = logits / params.temperature
+        logits = top_k(logits, params.top_k, ops)
+        logits = top_p(logits, params.top_p, ops)
+        logits = min_p(logits, params.min_p, ops)
+        return draw(logits, 1.0 - rng.random(), ops)
+
+    sample.needs_history = bool(processors)  # False: the loop may run one step ahead (MLX)
+    return sample
