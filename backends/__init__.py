@@ -27,14 +27,25 @@ REGISTRY: dict[str, BackendInfo] = {
 }
 
 
+def _importable(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # ValueError: blocked with sys.modules[package] = None
+        return False
+
+
+def missing_packages(name: str) -> list[str]:
+    return [pkg for pkg in REGISTRY[name].requires if not _importable(pkg)]
+
+
 def is_installed(name: str) -> bool:
-    return all(importlib.util.find_spec(pkg) is not None for pkg in REGISTRY[name].requires)
+    return not missing_packages(name)
 
 
 def require(name: str) -> BackendInfo:
     """The registry entry, or a one-line error naming the extra to install."""
     info = REGISTRY[name]
-    missing = [pkg for pkg in info.requires if importlib.util.find_spec(pkg) is None]
+    missing = missing_packages(name)
     if missing:
         raise BackendUnavailable(
             f"backend {name!r} needs {', '.join(missing)}, which is not installed: "

@@ -107,16 +107,16 @@ def hf_snapshot(repo: str, revision: str = "main", allow_patterns: list[str] | N
 def _hub_error(e: Exception, what: str) -> str:
     from huggingface_hub import errors as hf_errors
 
+    if isinstance(e, hf_errors.LocalEntryNotFoundError):
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached (no network?)"
+        return f"{what}: not in the Hugging Face cache and {why}"
     if isinstance(e, hf_errors.RepositoryNotFoundError):
         return f"{what}: repository not found on the Hugging Face Hub (or it is gated/private)"
     if isinstance(e, hf_errors.RevisionNotFoundError):
         return f"{what}: revision not found"
     if isinstance(e, hf_errors.EntryNotFoundError):
         return f"{what}: file not found in the repository"
-    if isinstance(e, hf_errors.LocalEntryNotFoundError):
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached (no network?)"
-        return f"{what}: not in the Hugging Face cache and {why}"
     if isinstance(e, OSError):
         return f"{what}: download failed: {e}"
     return f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

