@@ -78,6 +78,20 @@ class LlamaCppBackend:
     def n_cached(self) -> int:
         return self._llm.n_tokens
 
+    def native_measure(self, ids: Sequence[int], n: int) -> tuple[float, float]:
+        """llama-cpp-python's own `Llama.generate` loop, greedy, on this model: the bench baseline."""
+        import time
+
+        self._llm.reset()  # no prefix reuse: prefill the whole prompt, as mlxgen does
+        t0 = time.perf_counter()
+        times: list[float] = []
+        for _ in self._llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+            times.append(time.perf_counter())
+            if len(times) == n:
+                break
+        decode = (n - 1) / (times[-1] - times[0]) if n > 1 else 0.0
+        return len(ids) / (times[0] - t0), decode
+
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:

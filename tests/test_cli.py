@@ -227,3 +227,14 @@ def test_missing_backend_names_extra(cache_env):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, **cache_env})
     line = one_line_error(proc)
     assert 'pip install "mlxgen[mlx]"' in line
+
+
+def test_bench_measures_against_native_baseline(cache_env):
+    proc = mlxgen("bench", "--native", "-n", "8", "--runs", "1", "--json", env=cache_env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    data = json.loads(proc.stdout)
+    labels = [r["label"] for r in data["rows"]]
+    assert labels == ["mlxgen llama.cpp", "native llama.cpp"]
+    assert data["baseline"] == "mlxgen llama.cpp" and data["new_tokens"] == 8
+    for row in data["rows"]:
+        assert row["prefill_tps"] > 0 and row["decode_tps"] > 0 and row["decode_ratio"] > 0

@@ -1,15 +1,22 @@
-"""`mlxgen bench`: prefill and decode speed per backend, as ratios to a baseline.
+"""`mlxgen bench`: prefill and decode speed, as ratios to a baseline measured in the same run.
 
-Every backend runs the same prompt ids through the shared loop, greedy, with one
-warm-up and then interleaved measured runs (A B A B ...), so slow drift of a noisy
-machine hits every backend alike. Medians are reported; the first backend listed
-is the baseline of the ratios.
+Each contestant runs the same prompt ids for the same number of new tokens (EOS is
+ignored, so every run decodes exactly ``max_tokens``), greedy. After one warm-up each,
+runs are interleaved (A B A B ...) so a noisy machine's drift hits all alike, and
+medians are reported. Contestants are mlxgen's loop on each backend and, with
+``native=True``, each backend library's own generation loop on the same loaded model
+(llama-cpp-python's ``Llama.generate``, mlx-lm's ``stream_generate``).
+The first contestant is the baseline of the ratios.
+
+    prefill tok/s = prompt tokens / time to the first sampled token
+    decode tok/s  = (new tokens - 1) / time from the first to the last token
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
+from typing import Callable
 
 from mlxgen import hardware
 from mlxgen.config import Config
@@ -17,66 +24,81 @@ from mlxgen.loop import Done
 
 DEFAULT_PROMPT = (
     "Explain, step by step, how a transformer language model turns a prompt into text: "
-    "tokenization, embeddings, attention, the KV cache, sampling and detokenization."
+    "tokenization, embeddings, attention, the KV cache, sampling and detokenization. "
+    "Then write a long story about a lighthouse keeper who finds a message in a bottle."
 )
 
+Measure = Callable[[list[int], int], tuple[float, float]]  # (ids, new tokens) -> (prefill tok/s, decode tok/s)
 
-def run_bench(cfg: Config, names: list[str] | None, prompt: str, runs: int) -> dict:
+
+def mlxgen_measure(sess) -> Measure:
+    def measure(ids: list[int], n: int) -> tuple[float, float]:
+        sess.backend.trim(0)
+        for event in sess.generate(ids, ignore_eos=True, max_tokens=n):
+            if isinstance(event, Done):
+                return event.stats.prefill_tps or 0.0, event.stats.decode_tps or 0.0
+        raise AssertionError("the loop ended without a Done event")
+
+    return measure
+
+
+def run_bench(
+    cfg: Config, names: list[str] | None, prompt: str, runs: int, native: bool = False, native_first: bool = False
+) -> dict:
     from mlxgen import session
 
     facts = hardware.gather_facts()
     names = names or [hardware.detect(facts, cfg.backend).backend]
-    sessions = []
+    sessions, contestants = [], []
     try:
         for name in names:
-            choice = hardware.detect(facts, name)
-            sessions.append(session.open_session(dataclasses.replace(cfg, backend=name), choice))
+            sess = session.open_session(dataclasses.replace(cfg, backend=name), hardware.detect(facts, name))
+            sessions.append(sess)
+            ours = (f"mlxgen {name}", sess.backend.device, mlxgen_measure(sess))
+            theirs = getattr(sess.backend, "native_measure", None)
+            if native and theirs is None:
+                raise AssertionError(f"backend {name} has no native loop to compare with")
+            pair = [ours] + ([(f"native {name}", sess.backend.device, theirs)] if native else [])
+            contestants += pair[::-1] if native_first else pair
         ids = sessions[0].prompt(prompt)[1]
-        samples: dict[str, list[Done]] = {s.choice.backend: [] for s in sessions}
-        for s in sessions:
-            _once(s, ids)  # warm-up
+        n = cfg.inference.max_length
+        results: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in contestants}
+        for label, _, measure in contestants:
+            measure(ids, n)  # warm-up
         for _ in range(runs):
-            for s in sessions:
-                samples[s.choice.backend].append(_once(s, ids))
+            for label, _, measure in contestants:
+                results[label].append(measure(ids, n))
     finally:
-        for s in sessions:
-            s.close()
-    rows = []
-    for s in sessions:
-        done = samples[s.choice.backend]
-        rows.append(
-            {
-                "backend": s.choice.backend,
-                "device": s.backend.device,
-                "prompt_tokens": len(ids),
-                "generated_tokens": statistics.median(d.stats.generated_tokens for d in done),
-                "prefill_tps": statistics.median(d.stats.prefill_tps or 0.0 for d in done),
-                "decode_tps": statistics.median(d.stats.decode_tps or 0.0 for d in done),
-                "runs": len(done),
-            }
-        )
+        for sess in sessions:
+            sess.close()
+    rows = [
+        {
+            "label": label,
+            "device": device,
+            "prefill_tps": statistics.median(r[0] for r in results[label]),
+            "decode_tps": statistics.median(r[1] for r in results[label]),
+            "prefill_runs": [r[0] for r in results[label]],
+            "decode_runs": [r[1] for r in results[label]],
+        }
+        for label, device, _ in contestants
+    ]
     base = rows[0]
     for row in rows:
         row["prefill_ratio"] = row["prefill_tps"] / base["prefill_tps"] if base["prefill_tps"] else None
         row["decode_ratio"] = row["decode_tps"] / base["decode_tps"] if base["decode_tps"] else None
-    return {"baseline": base["backend"], "max_tokens": cfg.inference.max_length, "rows": rows}
-
-
-def _once(sess, ids: list[int]) -> Done:
-    sess.backend.trim(0)
-    for event in sess.generate(ids):
-        if isinstance(event, Done):
-            return event
-    raise AssertionError("the loop ended without a Done event")
+    return {"baseline": base["label"], "prompt_tokens": len(ids), "new_tokens": n, "runs": runs, "rows": rows}
 
 
 def format_table(result: dict) -> str:
-    head = f"{'backend':<10} {'device':<24} {'prompt':>6} {'gen':>5} {'prefill tok/s':>14} {'x':>6} {'decode tok/s':>13} {'x':>6}"
+    head = f"{'':<18} {'device':<22} {'prefill tok/s':>14} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}"
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         lines.append(
-            f"{r['backend']:<10} {r['device'][:24]:<24} {r['prompt_tokens']:>6} {r['generated_tokens']:>5.0f} "
-            f"{r['prefill_tps']:>14.1f} {r['prefill_ratio'] or 0:>6.2f} {r['decode_tps']:>13.1f} {r['decode_ratio'] or 0:>6.2f}"
+            f"{r['label']:<18} {r['device'][:22]:<22} {r['prefill_tps']:>14.1f} {r['prefill_ratio'] or 0:>6.3f} "
+            f"{r['decode_tps']:>13.1f} {r['decode_ratio'] or 0:>6.3f}"
         )
-    lines.append(f"medians of {result['rows'][0]['runs']} interleaved runs; ratios against {result['baseline']}")
+    lines.append(
+        f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens (EOS ignored), greedy; "
+        f"medians of {result['runs']} interleaved runs; ratios against {result['baseline']}"
+    )
     return "\n".join(lines)

@@ -184,22 +184,19 @@ def doctor(**options: Any) -> None:
 @click.argument("prompt", required=False)
 @config_options
 @click.option("--backends", "backend_list", default=None, help="Comma list to compare, baseline first (default: the detected one).")
-@click.option("--runs", type=int, default=3, show_default=True, help="Measured runs per backend (after one warm-up).")
+@click.option("--native", is_flag=True, help="Also time each backend library's own loop on the same model.")
+@click.option("--runs", type=int, default=5, show_default=True, help="Measured runs per contestant (after one warm-up).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
-def bench(prompt: str | None, backend_list: str | None, runs: int, as_json: bool, **options: Any) -> None:
-    """Measure prefill and decode speed, as ratios against the first backend."""
+def bench(prompt: str | None, backend_list: str | None, native: bool, runs: int, as_json: bool, **options: Any) -> None:
+    """Prefill and decode tok/s (greedy, EOS ignored), as ratios against the first contestant."""
     from mlxgen import bench as benchmod
 
-    options.setdefault("temperature", None)
     if options.get("temperature") is None:
         options["temperature"] = 0.0
     cfg = resolve_config(options)
     names = [b.strip() for b in backend_list.split(",")] if backend_list else None
-    result = benchmod.run_bench(cfg, names, prompt or benchmod.DEFAULT_PROMPT, runs)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        click.echo(benchmod.format_table(result))
+    result = benchmod.run_bench(cfg, names, prompt or benchmod.DEFAULT_PROMPT, runs, native=native)
+    click.echo(json.dumps(result, indent=2) if as_json else benchmod.format_table(result))
 
 
 # -------------------------------------------------------------------- convert

@@ -81,17 +81,16 @@ class Session:
         text = chat.render(self.template, message, self.tokenizer.special)
         return text, self.tokenizer.encode(text)
 
-    def generate(self, ids: list[int], seed: int | None = None) -> Iterator[Event]:
-        params = sampling_params(self.cfg)
+    def generate(self, ids: list[int], ignore_eos: bool = False, max_tokens: int | None = None) -> Iterator[Event]:
         ops = getattr(self.backend, "sampling_ops", NUMPY)
-        sample = make_sampler(params, ops=ops)
+        sample = make_sampler(sampling_params(self.cfg), ops=ops)
         return generate(
             self.backend,
             ids,
             sample,
             self.tokenizer.decode,
-            max_tokens=self.cfg.inference.max_length,
-            eos_ids=self.eos_ids,
+            max_tokens=max_tokens or self.cfg.inference.max_length,
+            eos_ids=() if ignore_eos else self.eos_ids,
             stop=self.cfg.inference.stop,
         )
 
