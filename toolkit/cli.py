@@ -7,6 +7,7 @@ Only click is imported at start-up; each command imports what it needs, so
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -25,6 +26,9 @@ class _Group(click.Group):
         except MlxgenError as e:
             click.echo(f"mlxgen: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C outside a stream (loading, converting)
+            click.echo("\nmlxgen: interrupted", err=True)
+            ctx.exit(130)
         except BrokenPipeError:  # `mlxgen run ... | head`
             sys.stderr.close()
             ctx.exit(1)
@@ -114,6 +118,8 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         render.dry_run(plan, as_json)
         return
     message = read_prompt(prompt)
+    if trace and not os.path.isdir(os.path.dirname(os.path.abspath(trace))):
+        raise MlxgenError(f"--trace {trace}: its folder does not exist")
     sess = session.open_session(cfg, plan.choice)
     try:
         text, ids = sess.prompt(message)

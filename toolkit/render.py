@@ -8,7 +8,8 @@ import resource
 import sys
 from typing import Iterator
 
-from mlxgen.loop import Done, Event, TokenEvent
+from mlxgen.errors import MlxgenError
+from mlxgen.loop import Done, Event
 
 
 def dry_run(plan, as_json: bool) -> None:
@@ -109,6 +110,11 @@ def write_trace(path: str, sess, prompt_ids: list[int], done: Done) -> None:
         "stats": done.stats.as_dict(),
     }
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise MlxgenError(f"--trace {path}: cannot write ({e.strerror or e})") from None
