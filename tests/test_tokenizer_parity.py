@@ -83,3 +83,34 @@ def test_cached_build_is_identical(pair):
     for text in CORPUS:
         assert again.encode(text) == ours.encode(text)
     assert again.chat_template == ours.chat_template and again.eos_ids == ours.eos_ids
+
+
+def vocab_only_gguf(src: Path, out: Path, pre: str) -> Path:
+    """SmolLM2's vocabulary under another pre-tokenizer type, no tensors: enough for llama.cpp's vocab_only."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(out), "llama")
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = pre if key == "tokenizer.ggml.pre" else f.contents()
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, value, f.types[0], sub_type=f.types[-1])
+        else:
+            writer.add_key_value(key, value, f.types[0])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe", "default", "gpt-2", "starcoder"])
+def test_pre_tokenizer_types_match_llama_cpp(tmp_path, pre):
+    """The article's Qwen3 uses `qwen2`, Llama 3 `llama-bpe`: same regexes as llama.cpp."""
+    path = vocab_only_gguf(GGUF, tmp_path / f"{pre}.gguf", pre)
+    ours = Tokenizer.from_gguf(path)
+    theirs = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    for text in CORPUS:
+        assert ours.encode(text, bos=False) == theirs.tokenize(text.encode(), add_bos=False, special=True), text

@@ -32,7 +32,7 @@ QWEN2 = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 PRE_TOKENIZERS: dict[str, list[str]] = {
-    "default": [GPT2],
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
     "gpt-2": [GPT2],
     "llama-bpe": [LLAMA3],
     "llama3": [LLAMA3],
