@@ -238,3 +238,11 @@ def test_bench_measures_against_native_baseline(cache_env):
     assert data["baseline"] == "mlxgen llama.cpp" and data["new_tokens"] == 8
     for row in data["rows"]:
         assert row["prefill_tps"] > 0 and row["decode_tps"] > 0 and row["decode_ratio"] > 0
+
+
+def test_model_flag_replaces_the_preset_source(cache_env, tmp_path):
+    data = json.loads(mlxgen("run", "--dry-run", "--json", "-c", "qwen3-4b", "--model", str(GGUF), env=cache_env).stdout)
+    llm = data["config"]["llm"]
+    assert llm["path"] == str(GGUF)
+    assert llm["repo"] is None and llm["package"] is None and llm["mlx"]["repo"] is None
+    assert data["model"] == f"local file {GGUF}"

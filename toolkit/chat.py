@@ -63,7 +63,9 @@ def render(spec: PromptSpec, message: str, special: dict[str, str] | None = None
     if spec.thinking is not None and supports_switch:
         context["enable_thinking"] = spec.thinking
     try:
-        text = _compile(spec.template).render(**context)
+        # A config template (the article's `{{ message }}` form) is the literal prompt:
+        # keep its trailing newline. Model templates render as transformers does (dropped).
+        text = _compile(spec.template, keep_trailing_newline=spec.origin == "config").render(**context)
     except ConfigError:
         raise
     except Exception as e:  # jinja2.TemplateError and errors raised by the template itself
@@ -75,7 +77,7 @@ def render(spec: PromptSpec, message: str, special: dict[str, str] | None = None
 
 
 @functools.lru_cache(maxsize=8)
-def _compile(template: str):
+def _compile(template: str, keep_trailing_newline: bool = False):
     from jinja2 import TemplateError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -83,7 +85,9 @@ def _compile(template: str):
     def raise_exception(message: str):
         raise ConfigError(f"chat template: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=keep_trailing_newline, extensions=[loopcontrols]
+    )
     env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

@@ -93,7 +93,7 @@ def resolve_config(options: dict[str, Any]):
     if "stop" in options and options["stop"]:
         overrides["inference.stop"] = list(options["stop"])
     if overrides.get("llm.path"):  # a local file replaces whatever source the preset named
-        overrides.update({"llm.package": None, "llm.repo": None})
+        overrides.update({"llm.package": None, "llm.repo": None, "llm.mlx.repo": None, "llm.mlx.path": None})
     return load_config(options.get("config"), overrides)
 
 

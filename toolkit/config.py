@@ -156,9 +156,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     """Load a YAML file (or a preset name, or the default preset) and apply dotted overrides."""
     text, source = _read_source(path)
     raw = _parse_yaml(text, source)
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(raw, dotted, value)
+    for dotted, value in (overrides or {}).items():  # None clears a key back to its default
+        _set_dotted(raw, dotted, value)
     cfg = _build(Config, raw, "")
     cfg = dataclasses.replace(cfg, source=source)
     cfg.validate()
@@ -264,6 +263,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
