@@ -7,8 +7,11 @@ With no network and nothing cached the user gets one line naming repo and file.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 from mlxgen.config import LLMConfig, TokenizerConfig
@@ -84,12 +87,36 @@ def package_file(package: str, file: str) -> Path:
     raise ModelError(f"llm.file: {file!r} is not inside the package {package!r}")
 
 
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hub endpoint.
+
+    Without it, huggingface_hub retries an unreachable Hub with backoff for ~25 s
+    (printing a warning per retry) before falling back to its cache.
+    """
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
+
+
 def hf_file(repo: str, file: str, revision: str = "main", quiet: bool = False) -> Path:
     """One file from the Hub cache, downloaded (with a progress bar) if missing."""
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo_id=repo, filename=file, revision=revision))
+        return Path(hf_hub_download(repo_id=repo, filename=file, revision=revision, local_files_only=_offline()))
     except Exception as e:
         raise ModelError(_hub_error(e, f"{repo}/{file} @ {revision}")) from None
 
@@ -99,7 +126,11 @@ def hf_snapshot(repo: str, revision: str = "main", allow_patterns: list[str] | N
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=allow_patterns))
+        return Path(
+            snapshot_download(
+                repo_id=repo, revision=revision, allow_patterns=allow_patterns, local_files_only=_offline()
+            )
+        )
     except Exception as e:
         raise ModelError(_hub_error(e, f"{repo} @ {revision}")) from None
 
@@ -108,8 +139,9 @@ def _hub_error(e: Exception, what: str) -> str:
     from huggingface_hub import errors as hf_errors
 
     if isinstance(e, hf_errors.LocalEntryNotFoundError):
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached (no network?)"
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub ({constants.ENDPOINT}) cannot be reached"
         return f"{what}: not in the Hugging Face cache and {why}"
     if isinstance(e, hf_errors.RepositoryNotFoundError):
         return f"{what}: repository not found on the Hugging Face Hub (or it is gated/private)"
