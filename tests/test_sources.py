@@ -92,3 +92,74 @@ def test_cli_runs_a_hub_model_from_the_cache(tmp_path):
     data = json.loads(proc.stdout)
     assert data["model"] == "huggingface HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smol.gguf @ main"
     assert data["tokens"]
+
+
+class FakeHub:
+    """A loopback HTTP server that answers like the Hub's /resolve/ endpoint, counting GETs."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import hashlib
+        import http.server
+        import threading
+
+        hub = self
+        self.gets: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _head(self) -> bytes | None:
+                name = self.path.split("/resolve/", 1)[-1].split("/", 1)[-1].split("?")[0]
+                data = files.get(name)
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", '"%s"' % hashlib.sha256(data).hexdigest())
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                return data
+
+            def do_HEAD(self):
+                self._head()
+
+            def do_GET(self):
+                data = self._head()
+                if data is not None:
+                    hub.gets.append(self.path)
+                    self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_download_once_then_reuse(tmp_path):
+    hub = FakeHub({"tiny.gguf": b"GGUF" + bytes(range(256)) * 64})
+    try:
+        code = (
+            "import json\nfrom mlxgen.sources import hf_file\n"
+            "print(json.dumps([str(hf_file('org/tiny', 'tiny.gguf')) for _ in range(2)]))"
+        )
+        env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_XET": "1"}
+        runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+                for _ in range(2)]
+    finally:
+        hub.close()
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+    paths = {p for proc in runs for p in json.loads(proc.stdout)}
+    assert len(paths) == 1
+    path = Path(paths.pop())
+    assert path.read_bytes() == b"GGUF" + bytes(range(256)) * 64
+    assert f"snapshots/{COMMIT}/tiny.gguf" in str(path)
+    assert len(hub.gets) == 1  # four lookups over two processes, one download
