@@ -1,0 +1,179 @@
+"""MLX backend (mlx-lm model definitions and KV caches; Metal on Apple Silicon, else CPU).
+
+Forward passes only, as lazy ``mx.array`` logits: the shared sampler runs on them with
+MLX ops (``sampling_ops``), so a whole decode step (model + sampling) is one graph.
+With ``pipelined = True`` the loop queues step n+1 with ``schedule`` (``mx.async_eval``)
+before it hands token n to Python, as ``mlx_lm.generate.generate_step`` does.
+Weights come from ``prepare``: an MLX folder, a converted Hub repo, or an imported GGUF
+(all cached by ``mlxgen.backends.mlx_convert``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import mlx.core as mx
+
+from mlxgen.backends import mlx_convert
+from mlxgen.backends.mlx_sampling import MLX
+from mlxgen.config import Config
+from mlxgen.errors import ModelError
+from mlxgen.hardware import Choice
+
+CLEAR_EVERY = 256  # steps between mx.clear_cache() calls (as mlx-lm)
+
+
+def metal() -> bool:
+    try:
+        return bool(mx.metal.is_available())
+    except Exception:  # an mlx build without the metal module
+        return False
+
+
+def device_name() -> str:
+    return "gpu (metal)" if metal() else "cpu (no Metal)"
+
+
+def doctor_rows() -> list[tuple[str, str]]:
+    import importlib.metadata as md
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "?"
+
+    rows = [("mlx", f"{version('mlx')} (mlx-lm {version('mlx-lm')})")]
+    if metal():
+        info = mx.device_info() if hasattr(mx, "device_info") else {}
+        name = info.get("device_name") or info.get("architecture") or "Apple GPU"
+        mem = info.get("max_recommended_working_set_size")
+        rows.append(("mlx device", f"gpu (metal): {name}" + (f", {mem / 2**30:.0f} GiB working set" if mem else "")))
+    else:
+        rows.append(("mlx device", "cpu: no Metal: running on the CPU"))
+    rows.append(("mlx cache", str(mlx_convert.cache_root())))
+    return rows
+
+
+def prepare(cfg: Config) -> Path:
+    """A local mlx-lm model folder: llm.mlx.path, else llm.mlx.repo (converted), else the GGUF imported."""
+    src = cfg.llm.mlx
+    q = src.quantize
+    if src.path:
+        return mlx_convert.check_folder(Path(src.path).expanduser(), "llm.mlx.path")
+    if src.repo:
+        return mlx_convert.from_hub(src.repo, src.revision, q.bits, q.group_size)
+    from mlxgen.sources import resolve_gguf
+
+    return mlx_convert.import_gguf_cached(resolve_gguf(cfg.llm), q.bits, q.group_size)
+
+
+def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBackend":
+    from mlx_lm.utils import load_model
+
+    try:
+        model, config = load_model(Path(weights))
+    except FileNotFoundError as e:
+        raise ModelError(f"{weights}: {e}") from None
+    except (ValueError, KeyError, TypeError) as e:  # unknown model type, config keys missing or wrong
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{weights}: mlx-lm cannot load this model ({first})") from None
+    return MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config))
+
+
+def _vocab_size(model, config: dict) -> int:
+    text = config.get("text_config", {})
+    size = config.get("vocab_size") or text.get("vocab_size")
+    if size:
+        return int(size)
+    return int(model(mx.array([[0]]))[0, -1].shape[-1])
+
+
+class MLXBackend:
+    name = "mlx"
+    pipelined = True  # the loop may queue the next step before using this one
+    sampling_ops = MLX
+
+    def __init__(self, model, n_ctx: int, vocab_size: int) -> None:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        self.model = model
+        self.cache = make_prompt_cache(model)
+        self.n_ctx = n_ctx
+        self.vocab_size = vocab_size
+        self.device = device_name()
+        self._steps = 0
+        self._old_wired = _raise_wired_limit() if metal() else None
+
+    # ------------------------------------------------------------- forward
+    def prefill(self, ids: Sequence[int]) -> mx.array:
+        """Extend the cache with ids; return the last position's logits (lazy).
+
+        All but the last token run as one batch whose logits are never computed
+        (only the cache is evaluated); the last token then gives the logits, as mlx-lm.
+        The logits are evaluated here, so the loop's prefill time is the real one.
+        """
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        if len(ids) > 1:
+            self.model(mx.array([ids[:-1]]), cache=self.cache)
+            mx.eval([c.state for c in self.cache])
+        logits = self._forward(mx.array([ids[-1:]]))
+        mx.eval(logits)
+        return logits
+
+    def step(self, token) -> mx.array:
+        """One token (an int, or the sampler's lazy mx scalar) through the cache."""
+        x = token.reshape(1, 1) if isinstance(token, mx.array) else mx.array([[int(token)]])
+        self._steps += 1
+        if self._steps % CLEAR_EVERY == 0:
+            mx.clear_cache()
+        return self._forward(x)
+
+    def _forward(self, x: mx.array) -> mx.array:
+        return self.model(x, cache=self.cache)[0, -1]
+
+    def schedule(self, token) -> None:
+        """Start computing a queued step (model + sampling) while Python works on the current token."""
+        mx.async_eval(token)
+
+    # ------------------------------------------------------------- cache
+    @property
+    def n_cached(self) -> int:
+        return int(self.cache[0].offset) if self.cache else 0
+
+    def trim(self, n_tokens: int) -> None:
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        drop = self.n_cached - max(0, n_tokens)
+        if drop <= 0:
+            return
+        if not can_trim_prompt_cache(self.cache):
+            from mlx_lm.models.cache import make_prompt_cache
+
+            if n_tokens > 0:
+                raise ModelError("this model's MLX cache cannot be trimmed (sliding window); start a new session")
+            self.cache = make_prompt_cache(self.model)
+            return
+        trim_prompt_cache(self.cache, drop)
+
+    def close(self) -> None:
+        self.model = None
+        self.cache = []
+        if self._old_wired is not None:
+            mx.synchronize()
+            mx.set_wired_limit(self._old_wired)
+            self._old_wired = None
+        mx.clear_cache()
+
+
+def _raise_wired_limit() -> int | None:
+    """On Metal, keep the weights wired as mlx-lm's generate does (returns the old limit)."""
+    try:
+        from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+        return maybe_set_recommended_wired_limit()
+    except Exception:  # older mlx-lm / mlx without wired limits
+        return None
