@@ -144,7 +144,7 @@ def test_doctor(cache_env):
     proc = mlxgen("doctor", env=cache_env)
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
-    for key in ("platform", "chip", "python", "backend llama.cpp", "GPU offload", "choice", "reason"):
+    for key in ("platform", "chip", "python", "backend llama.cpp", "llama.cpp GPU offload", "choice", "reason"):
         assert key in out
 
 

@@ -172,7 +172,6 @@ def doctor(**options: Any) -> None:
                 rows += backends.load_module(name).doctor_rows()
             except Exception as e:  # a broken install is a finding, not a crash
                 rows.append((f"{name}", f"installed but fails to import: {type(e).__name__}: {e}"))
-    rows.append(("GPU offload (llama.cpp)", "yes" if facts.llamacpp_gpu_offload else "no"))
     try:
         choice = hardware.detect(facts, resolve_config(options).backend)
         rows += [("choice", choice.backend), ("reason", choice.reason)]
