@@ -51,6 +51,25 @@ PROMPTS = [
     "Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker "
     "who had never left his workshop. Every morning he wound the hundred clocks on his walls, and every "
     "evening he listened to them chime together, all at the same moment.",
+    "El Quijote cuenta la historia de un hidalgo que, de tanto leer libros de caballerías, pierde el "
+    "juicio y decide hacerse caballero andante. Acompañado de Sancho Panza, su fiel escudero, recorre "
+    "los caminos de La Mancha en busca de aventuras, confundiendo molinos de viento con gigantes.",
+    "<|im_start|>user\nHow do I reverse a list in Python without modifying the original?<|im_end|>\n"
+    "<|im_start|>assistant\nYou can use slicing: `reversed_list = original[::-1]`. This creates a new "
+    "list. Alternatively, `list(reversed(original))` also returns a new list and works with any "
+    "sequence. Both leave `original` unchanged.<|im_end|>\n",
+    "Die Relativitätstheorie beschäftigt sich mit der Struktur von Raum und Zeit sowie mit dem Wesen "
+    "der Gravitation. Sie besteht aus zwei physikalischen Theorien: der speziellen und der allgemeinen "
+    "Relativitätstheorie, die Albert Einstein 1905 und 1915 veröffentlichte.",
+    "#include <stdio.h>\n\nint main(void) {\n    int sum = 0;\n    for (int i = 1; i <= 100; i++) {\n"
+    "        if (i % 3 == 0 || i % 5 == 0) {\n            sum += i;\n        }\n    }\n"
+    "    printf(\"%d\\n\", sum);\n    return 0;\n}\n",
+    "The mitochondrion is an organelle found in most eukaryotic cells. It generates most of the cell's "
+    "supply of adenosine triphosphate, which is used as a source of chemical energy. Mitochondria have "
+    "their own DNA, which supports the theory that they were once free-living bacteria.",
+    "Meeting notes, Tuesday:\n- Alice: the release is blocked on two failing tests.\n- Bob will "
+    "review the caching patch by Thursday.\n- We agreed to move the demo to next week.\nAction items: "
+    "fix the flaky network test, update the README, tag version 1.2.0.",
     "Photosynthesis converts light energy into chemical energy. In the light-dependent reactions, water "
     "is split and oxygen is released; in the Calvin cycle, carbon dioxide is fixed into sugars using ATP "
     "and NADPH. The overall equation is 6 CO2 + 6 H2O -> C6H12O6 + 6 O2.",
