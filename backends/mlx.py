@@ -79,7 +79,7 @@ def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBacken
     except (ValueError, KeyError, TypeError) as e:  # unknown model type, config keys missing or wrong
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{weights}: mlx-lm cannot load this model ({first})") from None
-    return MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config))
+    return MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
 
 
 def _vocab_size(model, config: dict) -> int:
@@ -95,10 +95,12 @@ class MLXBackend:
     pipelined = True  # the loop may queue the next step before using this one
     sampling_ops = MLX
 
-    def __init__(self, model, n_ctx: int, vocab_size: int) -> None:
+    def __init__(self, model, n_ctx: int, vocab_size: int, folder: Path | None = None) -> None:
         from mlx_lm.models.cache import make_prompt_cache
 
         self.model = model
+        self.folder = folder  # the model folder (for mlx-lm's own tokenizer in native_measure)
+        self._native_tokenizer = None
         self.cache = make_prompt_cache(model)
         self.n_ctx = n_ctx
         self.vocab_size = vocab_size
@@ -158,6 +160,25 @@ class MLXBackend:
             self.cache = make_prompt_cache(self.model)
             return
         trim_prompt_cache(self.cache, drop)
+
+    def native_measure(self, ids: Sequence[int], n: int) -> tuple[float, float]:
+        """mlx-lm's own `stream_generate`, greedy, on this model: the bench baseline."""
+        import time
+
+        from mlx_lm import stream_generate
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.tokenizer_utils import load_tokenizer
+
+        if self._native_tokenizer is None:
+            self._native_tokenizer = load_tokenizer(self.folder)
+            self._native_tokenizer.eos_token_ids = set()  # no EOS stop: the same token count as ours
+        cache = make_prompt_cache(self.model)
+        t0 = time.perf_counter()
+        times = []
+        for _ in stream_generate(self.model, self._native_tokenizer, list(ids), max_tokens=n, prompt_cache=cache):
+            times.append(time.perf_counter())
+        decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        return len(ids) / (times[0] - t0), decode
 
     def close(self) -> None:
         self.model = None
