@@ -246,3 +246,21 @@ def test_model_flag_replaces_the_preset_source(cache_env, tmp_path):
     assert llm["path"] == str(GGUF)
     assert llm["repo"] is None and llm["package"] is None and llm["mlx"]["repo"] is None
     assert data["model"] == f"local file {GGUF}"
+
+
+def test_run_imports_llama_cpp_before_numpy_and_tokenizers(cache_env):
+    """A CUDA build of llama.cpp segfaulted on model load when numpy or tokenizers came first."""
+    code = (
+        "import sys\norder = []\n"
+        "class Rec:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name in ('numpy', 'tokenizers', 'llama_cpp') and name not in order: order.append(name)\n"
+        "sys.meta_path.insert(0, Rec())\n"
+        "from mlxgen.cli import main\n"
+        "sys.argv = ['mlxgen', 'run', 'hi', '-n', '1', '-q']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(order, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, **cache_env})
+    order = eval(proc.stderr.decode().strip().splitlines()[-1])
+    assert order[0] == "llama_cpp", order

@@ -43,11 +43,17 @@ def mlxgen_measure(sess) -> Measure:
 
 
 def run_bench(
-    cfg: Config, names: list[str] | None, prompt: str, runs: int, native: bool = False, native_first: bool = False
+    cfg: Config,
+    names: list[str] | None,
+    prompt: str,
+    runs: int,
+    native: bool = False,
+    native_first: bool = False,
+    facts: hardware.Facts | None = None,
 ) -> dict:
+    facts = facts or hardware.gather_facts()  # first: it imports llama_cpp before numpy (see cli.probe_hardware)
     from mlxgen import session
 
-    facts = hardware.gather_facts()
     names = names or [hardware.detect(facts, cfg.backend).backend]
     sessions, contestants = [], []
     try:

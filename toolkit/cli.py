@@ -110,10 +110,11 @@ def resolve_config(options: dict[str, Any]):
 @click.option("--quiet", "-q", is_flag=True, help="No stats on stderr.")
 def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, show_prompt: bool, quiet: bool, **options: Any) -> None:
     """Generate text for PROMPT (or stdin), streamed to stdout."""
+    cfg = resolve_config(options)
+    facts = probe_hardware()
     from mlxgen import render, session
 
-    cfg = resolve_config(options)
-    plan = session.plan(cfg)
+    plan = session.plan(cfg, facts)
     if dry_run:
         render.dry_run(plan, as_json)
         return
@@ -140,6 +141,18 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         sys.exit(130)
 
 
+def probe_hardware():
+    """Hardware facts, probed before numpy or tokenizers are imported.
+
+    The probe imports llama_cpp. On a CUDA build of llama.cpp (seen on an H200 box),
+    loading a model segfaults when numpy or tokenizers was imported before llama_cpp,
+    even in plain llama-cpp-python; importing it first avoids that.
+    """
+    from mlxgen import hardware
+
+    return hardware.gather_facts()
+
+
 def read_prompt(prompt: str | None) -> str:
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
@@ -162,9 +175,9 @@ def read_prompt(prompt: str | None) -> str:
 @config_options
 def doctor(**options: Any) -> None:
     """Show this machine, the installed backends and which one `run` would pick."""
+    facts = probe_hardware()
     from mlxgen import backends, hardware
 
-    facts = hardware.gather_facts()
     rows = hardware.describe(facts)
     for name in backends.REGISTRY:
         if backends.is_installed(name):
@@ -194,13 +207,14 @@ def doctor(**options: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
 def bench(prompt: str | None, backend_list: str | None, native: bool, runs: int, as_json: bool, **options: Any) -> None:
     """Prefill and decode tok/s (greedy, EOS ignored), as ratios against the first contestant."""
-    from mlxgen import bench as benchmod
-
     if options.get("temperature") is None:
         options["temperature"] = 0.0
     cfg = resolve_config(options)
+    facts = probe_hardware()
+    from mlxgen import bench as benchmod
+
     names = [b.strip() for b in backend_list.split(",")] if backend_list else None
-    result = benchmod.run_bench(cfg, names, prompt or benchmod.DEFAULT_PROMPT, runs, native=native)
+    result = benchmod.run_bench(cfg, names, prompt or benchmod.DEFAULT_PROMPT, runs, native=native, facts=facts)
     click.echo(json.dumps(result, indent=2) if as_json else benchmod.format_table(result))
 
 
