@@ -57,4 +57,10 @@ def require(name: str) -> BackendInfo:
 def load_module(name: str):
     """Import the backend's module (and so its heavy library)."""
     info = require(name)
-    return importlib.import_module(f"mlxgen.backends.{info.module}")
+    try:
+        return importlib.import_module(f"mlxgen.backends.{info.module}")
+    except (ImportError, OSError, RuntimeError) as e:  # installed but broken (a missing dependency, a bad build)
+        raise BackendUnavailable(
+            f"backend {name!r} is installed but fails to import ({type(e).__name__}: {e}); "
+            f"reinstall it: pip install --force-reinstall \"mlxgen[{info.extra}]\""
+        ) from None

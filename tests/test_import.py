@@ -53,3 +53,29 @@ def test_run_without_backends_is_a_one_line_error():
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
     assert 'pip install "mlxgen[llamacpp]"' in proc.stderr
+
+
+def test_broken_backend_install_is_a_one_line_error():
+    """A backend package that is there but fails to import (say a missing dependency)."""
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, types\n"
+         "broken = types.ModuleType('llama_cpp'); broken.__path__ = []\n"
+         "class Finder:\n"
+         "    def find_spec(self, name, path=None, target=None):\n"
+         "        if name == 'llama_cpp':\n"
+         "            import importlib.machinery\n"
+         "            return importlib.machinery.ModuleSpec('llama_cpp', self)\n"
+         "    def create_module(self, spec):\n"
+         "        raise ModuleNotFoundError(\"No module named 'diskcache'\")\n"
+         "    def exec_module(self, module):\n"
+         "        pass\n"
+         "sys.meta_path.insert(0, Finder())\n"
+         "from mlxgen.cli import main\nsys.argv = ['mlxgen', 'run', 'hi', '--backend', 'llama.cpp']\nmain()"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "installed but fails to import" in lines[0] and "diskcache" in lines[0]
