@@ -167,7 +167,7 @@ class MLXBackend:
 
         from mlx_lm import stream_generate
         from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm.tokenizer_utils import load_tokenizer
+        from mlx_lm.utils import load_tokenizer
 
         if self._native_tokenizer is None:
             self._native_tokenizer = load_tokenizer(self.folder)

@@ -465,6 +465,13 @@ def test_backend_attributes_and_lazy_steps(converted) -> None:
     backend.close()
 
 
+def test_native_measure_times_mlx_lm_on_the_same_model(converted) -> None:
+    backend = mlxb.load(converted["llama"], cfg_for(n_ctx=300))
+    prefill_tps, decode_tps = backend.native_measure([3, 4, 5, 6], 8)
+    assert prefill_tps > 0 and decode_tps > 0
+    backend.close()
+
+
 class NumpyView:
     """The same MLX backend seen as a plain numpy backend (no pipelining, numpy sampler)."""
 
