@@ -69,7 +69,7 @@ def run_bench(
         ids = sessions[0].prompt(prompt)[1]
         n = cfg.inference.max_length
         results: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in contestants}
-        for label, _, measure in contestants:
+        for _, _, measure in contestants:
             measure(ids, n)  # warm-up
         for _ in range(runs):
             for label, _, measure in contestants:
