@@ -80,17 +80,11 @@ class LlamaCppBackend:
 
     def native_measure(self, ids: Sequence[int], n: int) -> tuple[float, float]:
         """llama-cpp-python's own `Llama.generate` loop, greedy, on this model: the bench baseline."""
-        import time
+        from mlxgen.bench import time_stream
 
         self._llm.reset()  # no prefix reuse: prefill the whole prompt, as mlxgen does
-        t0 = time.perf_counter()
-        times: list[float] = []
-        for _ in self._llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-            times.append(time.perf_counter())
-            if len(times) == n:
-                break
-        decode = (n - 1) / (times[-1] - times[0]) if n > 1 else 0.0
-        return len(ids) / (times[0] - t0), decode
+        tokens = self._llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+        return time_stream(tokens, len(ids), n)
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None

@@ -163,22 +163,18 @@ class MLXBackend:
 
     def native_measure(self, ids: Sequence[int], n: int) -> tuple[float, float]:
         """mlx-lm's own `stream_generate`, greedy, on this model: the bench baseline."""
-        import time
-
         from mlx_lm import stream_generate
         from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.utils import load_tokenizer
+
+        from mlxgen.bench import time_stream
 
         if self._native_tokenizer is None:
             self._native_tokenizer = load_tokenizer(self.folder)
             self._native_tokenizer.eos_token_ids = set()  # no EOS stop: the same token count as ours
         cache = make_prompt_cache(self.model)
-        t0 = time.perf_counter()
-        times = []
-        for _ in stream_generate(self.model, self._native_tokenizer, list(ids), max_tokens=n, prompt_cache=cache):
-            times.append(time.perf_counter())
-        decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-        return len(ids) / (times[0] - t0), decode
+        tokens = stream_generate(self.model, self._native_tokenizer, list(ids), max_tokens=n, prompt_cache=cache)
+        return time_stream(tokens, len(ids), n)
 
     def close(self) -> None:
         self.model = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from typing import Callable
+import time
+from typing import Callable, Iterable
 
 from mlxgen import hardware
 from mlxgen.config import Config
@@ -29,6 +30,18 @@ DEFAULT_PROMPT = (
 )
 
 Measure = Callable[[list[int], int], tuple[float, float]]  # (ids, new tokens) -> (prefill tok/s, decode tok/s)
+
+
+def time_stream(tokens: Iterable, prompt_tokens: int, limit: int) -> tuple[float, float]:
+    """Time a native loop from outside: its first ``limit`` tokens -> (prefill tok/s, decode tok/s)."""
+    t0 = time.perf_counter()
+    times: list[float] = []
+    for _ in tokens:
+        times.append(time.perf_counter())
+        if len(times) == limit:
+            break
+    decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    return prompt_tokens / (times[0] - t0), decode
 
 
 def mlxgen_measure(sess) -> Measure:

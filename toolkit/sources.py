@@ -59,7 +59,7 @@ def resolve_tokenizer_file(tok: TokenizerConfig) -> Path | None:
         path = hf_file(tok.repo, tok.file, tok.revision)
         for extra in ("tokenizer_config.json", "generation_config.json"):
             try:  # optional: chat template, special tokens, EOS ids
-                hf_file(tok.repo, extra, tok.revision, quiet=True)
+                hf_file(tok.repo, extra, tok.revision)
             except ModelError:
                 pass
         return path
@@ -111,7 +111,7 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
 
 
-def hf_file(repo: str, file: str, revision: str = "main", quiet: bool = False) -> Path:
+def hf_file(repo: str, file: str, revision: str = "main") -> Path:
     """One file from the Hub cache, downloaded (with a progress bar) if missing."""
     from huggingface_hub import hf_hub_download
 
