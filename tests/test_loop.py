@@ -409,3 +409,30 @@ def test_real_sampler_gives_the_same_tokens_plain_and_pipelined(tok, penalty):
         _, done = finish(tok, backend, sample=make_sampler(params), max_tokens=30)
         results.append(done.tokens)
     assert results[0] == results[1]
+
+
+# ------------------------------------------------------------------ cached prefix
+
+
+def test_cached_prefix_is_not_prefilled_again(tok, pipelined):
+    backend = FakeBackend(tok.pieces_to_ids("ok"), pipelined=pipelined)
+    backend.prefill(PROMPT[:5])  # a previous turn left these in the cache
+    backend.calls.clear()
+    _, done = finish(tok, backend, max_tokens=2, cached=5)
+    assert backend.prefilled == PROMPT[5:]
+    assert backend.cache[: len(PROMPT)] == PROMPT
+    assert (done.stats.prompt_tokens, done.stats.cached_tokens) == (len(PROMPT) - 5, 5)
+    assert done.text == "ok"
+
+
+def test_cached_prefix_counts_against_the_context(tok):
+    backend = FakeBackend(n_ctx=len(PROMPT) + 3)
+    backend.prefill(PROMPT[:4])
+    _, done = finish(tok, backend, max_tokens=50, cached=4)
+    assert done.reason == "context" and backend.max_cache <= backend.n_ctx
+
+
+@pytest.mark.parametrize("cached", [-1, len(PROMPT), len(PROMPT) + 1])
+def test_cached_must_leave_a_new_token(tok, cached):
+    with pytest.raises(ValueError, match="must be new"):
+        list(gen(tok, FakeBackend(), cached=cached))

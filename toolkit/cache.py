@@ -20,6 +20,26 @@ def cache_root() -> Path:
     return Path(root)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` all or nothing: a temp file beside it, fsynced, renamed.
+
+    A process killed mid-write leaves the old file (or none) and at most a
+    ``.tmp-*`` sibling, never a truncated ``path``. Raises OSError.
+    """
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder; on success it replaces ``final``, on any error it is removed."""

@@ -29,7 +29,8 @@ class TokenEvent:
 
 @dataclass
 class Stats:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # prefilled in this call
+    cached_tokens: int = 0  # reused from the KV cache (not prefilled)
     generated_tokens: int = 0
     prefill_s: float = 0.0
     ttft_s: float = 0.0  # prefill + first sample
@@ -48,6 +49,7 @@ class Stats:
     def as_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "generated_tokens": self.generated_tokens,
             "load_s": self.load_s,
             "prefill_s": self.prefill_s,
@@ -78,14 +80,17 @@ def token_stream(
     limit: int,
     prefill_chunk: int = 512,
     on_prefilled: Callable[[], None] | None = None,
+    cached: int = 0,
 ) -> Iterator[int]:
     """Yield up to ``limit`` sampled token ids; never step past what ``limit`` needs.
 
+    The backend already holds the first ``cached`` prompt tokens in its KV cache
+    (a chat's earlier turns, a bench depth); only the rest is prefilled.
     A backend with ``pipelined = True`` (MLX) gets the next step queued before the
     current token is handed out, so the device works while Python streams text.
     """
     history = list(prompt)
-    for start in range(0, len(prompt), prefill_chunk):
+    for start in range(cached, len(prompt), prefill_chunk):
         logits = backend.prefill(prompt[start : start + prefill_chunk])
     token = sample(history, logits)
     if on_prefilled:
@@ -114,9 +119,12 @@ def generate(
     stop: Sequence[str] = (),
     prefill_chunk: int = 512,
     clock: Callable[[], float] = time.perf_counter,
+    cached: int = 0,
 ) -> Iterator[Event]:
     """Prefill, sample, stream; stop on EOS, a stop string, max_tokens or a full context.
 
+    ``cached``: the backend's KV cache already holds ``prompt[:cached]`` (the caller
+    trimmed it to that); at least one prompt token must be new.
     Ctrl-C (KeyboardInterrupt, raised inside or thrown in at a yield) ends the stream
     with reason ``interrupted`` and the text so far.
     """
@@ -127,10 +135,12 @@ def generate(
             f"the prompt is {len(prompt)} tokens but the context holds {backend.n_ctx}: "
             "shorten it or raise llm.n_ctx (--ctx)"
         )
+    if not 0 <= cached < len(prompt):
+        raise ValueError(f"cached={cached}: at least one of the {len(prompt)} prompt tokens must be new")
     room = backend.n_ctx - len(prompt)
     eos = frozenset(eos_ids)
     detok, stopper = IncrementalDecoder(decode), StopMatcher(stop)
-    stats = Stats(prompt_tokens=len(prompt))
+    stats = Stats(prompt_tokens=len(prompt) - cached, cached_tokens=cached)
     pieces: list[str] = []
     tokens: list[int] = []
     trace: list[tuple[int, float]] = []
@@ -141,7 +151,7 @@ def generate(
         stats.prefill_s = clock() - t0
 
     try:
-        for tid in token_stream(backend, prompt, sample, min(max_tokens, room), prefill_chunk, prefilled):
+        for tid in token_stream(backend, prompt, sample, min(max_tokens, room), prefill_chunk, prefilled, cached):
             now = clock() - t0
             if not trace:
                 stats.ttft_s = now

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 from typing import Iterator
 
+from mlxgen.cache import atomic_write_text
 from mlxgen.errors import MlxgenError
 from mlxgen.loop import Done, Event
 
@@ -109,12 +109,7 @@ def write_trace(path: str, sess, prompt_ids: list[int], done: Done) -> None:
         "stop_reason": done.reason,
         "stats": done.stats.as_dict(),
     }
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise MlxgenError(f"--trace {path}: cannot write ({e.strerror or e})") from None

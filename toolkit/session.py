@@ -81,7 +81,10 @@ class Session:
         text = chat.render(self.template, message, self.tokenizer.special)
         return text, self.tokenizer.encode(text)
 
-    def generate(self, ids: list[int], ignore_eos: bool = False, max_tokens: int | None = None) -> Iterator[Event]:
+    def generate(
+        self, ids: list[int], ignore_eos: bool = False, max_tokens: int | None = None, cached: int = 0
+    ) -> Iterator[Event]:
+        """Generate after ``ids``; the backend's cache already holds ``ids[:cached]``."""
         ops = getattr(self.backend, "sampling_ops", NUMPY)
         sample = make_sampler(sampling_params(self.cfg), ops=ops)
         return generate(
@@ -92,6 +95,7 @@ class Session:
             max_tokens=max_tokens or self.cfg.inference.max_length,
             eos_ids=() if ignore_eos else self.eos_ids,
             stop=self.cfg.inference.stop,
+            cached=cached,
         )
 
     def close(self) -> None:
