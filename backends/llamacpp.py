@@ -49,11 +49,14 @@ class LlamaCppBackend:
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelError(f"{path}: llama.cpp cannot load this model ({e})") from None
-        self.n_ctx = self._llm.n_ctx()
+        # llama.cpp may round the context up (64 -> 256), but llama-cpp-python's token
+        # buffer has the size asked for: a prefill past it fails, so that is the limit.
+        self.n_ctx = min(self._llm.n_ctx(), len(self._llm.input_ids))
         self.vocab_size = self._llm.n_vocab()
         offload = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         layers = "all layers" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
         self.device = f"gpu ({layers}), {n_threads} threads" if offload else f"cpu ({n_threads} threads)"
+        self.n_threads = n_threads
         self._ctx = self._llm.ctx
         self._logits_t = ctypes.POINTER(ctypes.c_float * self.vocab_size)
 
@@ -78,13 +81,21 @@ class LlamaCppBackend:
     def n_cached(self) -> int:
         return self._llm.n_tokens
 
-    def native_measure(self, ids: Sequence[int], n: int) -> tuple[float, float]:
-        """llama-cpp-python's own `Llama.generate` loop, greedy, on this model: the bench baseline."""
-        from mlxgen.bench import time_stream
+    def native_stream(self, ids: Sequence[int], cached: int, n: int):
+        """llama-cpp-python's own `Llama.generate` loop, greedy, on this model: the bench baseline.
 
-        self._llm.reset()  # no prefix reuse: prefill the whole prompt, as mlxgen does
-        tokens = self._llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
-        return time_stream(tokens, len(ids), n)
+        Untimed setup here: an empty cache, then ``ids[:cached]`` evaluated (which
+        `generate` then reuses as a cached prefix). Returns its lazy token generator.
+        """
+        self._llm.reset()
+        if cached:
+            self._llm.eval(ids[:cached])
+        return self._llm.generate(list(ids), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+
+    def describe(self) -> dict:
+        """What llama-bench prints in its model, size and params columns."""
+        model = self._llm._model
+        return {"model": model.desc(), "size_bytes": int(model.size()), "params": int(model.n_params())}
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None

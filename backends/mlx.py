@@ -79,7 +79,9 @@ def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBacken
     except (ValueError, KeyError, TypeError) as e:  # unknown model type, config keys missing or wrong
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{weights}: mlx-lm cannot load this model ({first})") from None
-    return MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
+    backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
+    backend.config = config
+    return backend
 
 
 def _vocab_size(model, config: dict) -> int:
@@ -99,8 +101,9 @@ class MLXBackend:
         from mlx_lm.models.cache import make_prompt_cache
 
         self.model = model
-        self.folder = folder  # the model folder (for mlx-lm's own tokenizer in native_measure)
+        self.folder = folder  # the model folder (for mlx-lm's own tokenizer in native_stream)
         self._native_tokenizer = None
+        self.config: dict | None = None  # the model folder's config.json
         self.cache = make_prompt_cache(model)
         self.n_ctx = n_ctx
         self.vocab_size = vocab_size
@@ -144,13 +147,14 @@ class MLXBackend:
     # ------------------------------------------------------------- cache
     @property
     def n_cached(self) -> int:
-        return int(self.cache[0].offset) if self.cache else 0
+        """Positions every layer holds (a Ctrl-C inside a forward pass can leave layers apart)."""
+        return min(int(c.offset) for c in self.cache) if self.cache else 0
 
     def trim(self, n_tokens: int) -> None:
-        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+        from mlx_lm.models.cache import can_trim_prompt_cache
 
-        drop = self.n_cached - max(0, n_tokens)
-        if drop <= 0:
+        n_tokens = max(0, n_tokens)
+        if all(int(c.offset) <= n_tokens for c in self.cache):
             return
         if not can_trim_prompt_cache(self.cache):
             from mlx_lm.models.cache import make_prompt_cache
@@ -159,22 +163,39 @@ class MLXBackend:
                 raise ModelError("this model's MLX cache cannot be trimmed (sliding window); start a new session")
             self.cache = make_prompt_cache(self.model)
             return
-        trim_prompt_cache(self.cache, drop)
+        for c in self.cache:  # each layer to n_tokens, even if an interrupted pass left them apart
+            c.trim(max(0, int(c.offset) - n_tokens))
 
-    def native_measure(self, ids: Sequence[int], n: int) -> tuple[float, float]:
-        """mlx-lm's own `stream_generate`, greedy, on this model: the bench baseline."""
+    def native_stream(self, ids: Sequence[int], cached: int, n: int):
+        """mlx-lm's own `stream_generate`, greedy, on this model: the bench baseline.
+
+        Untimed setup here: a fresh prompt cache holding ``ids[:cached]``. Returns its
+        lazy generator (one response per token; EOS ids cleared so it runs ``n`` tokens).
+        """
         from mlx_lm import stream_generate
         from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.utils import load_tokenizer
-
-        from mlxgen.bench import time_stream
 
         if self._native_tokenizer is None:
             self._native_tokenizer = load_tokenizer(self.folder)
             self._native_tokenizer.eos_token_ids = set()  # no EOS stop: the same token count as ours
         cache = make_prompt_cache(self.model)
-        tokens = stream_generate(self.model, self._native_tokenizer, list(ids), max_tokens=n, prompt_cache=cache)
-        return time_stream(tokens, len(ids), n)
+        if cached:
+            self.model(mx.array([list(ids[:cached])]), cache=cache)
+            mx.eval([c.state for c in cache])
+        return stream_generate(self.model, self._native_tokenizer, list(ids[cached:]), max_tokens=n, prompt_cache=cache)
+
+    def describe(self) -> dict:
+        """Model type, parameter count and weight bytes (quantized), for bench tables."""
+        from mlx.utils import tree_flatten
+        from mlx_lm.utils import get_total_parameters
+
+        params = int(get_total_parameters(self.model))
+        size = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+        bits = (self.config or {}).get("quantization", {}).get("bits")
+        kind = (self.config or {}).get("model_type", "?")
+        return {"model": f"{kind} {params / 1e6:.0f}M {f'{bits}-bit' if bits else 'float'} (mlx)",
+                "size_bytes": int(size), "params": params}
 
     def close(self) -> None:
         self.model = None

@@ -59,5 +59,5 @@ for prompt in ["Hello there", "The quick brown fox", "def f(x):\n    return"]:
     print(f"greedy parity {prompt!r}: {ours == theirs} ({len(ours)} tokens)")
 b.close()
 EOF
-$M bench --native --model .dev/tiny.gguf -n 256 --runs 7 2>&1 | tee "$OUT/bench.txt"
-$M bench --native --model .dev/tiny.gguf -n 256 --runs 7 --json > "$OUT/bench.json" 2>/dev/null
+$M bench --vs-native --model .dev/tiny.gguf -p 512 -n 256 -r 7 2>&1 | tee "$OUT/bench.txt"
+$M bench --vs-native --model .dev/tiny.gguf -p 512 -n 256 -r 7 -o json > "$OUT/bench.json" 2>/dev/null

@@ -464,10 +464,16 @@ def test_backend_attributes_and_lazy_steps(converted) -> None:
     backend.close()
 
 
-def test_native_measure_times_mlx_lm_on_the_same_model(converted) -> None:
+def test_native_stream_is_mlx_lm_on_the_same_model_and_cache_depth(converted) -> None:
     backend = mlxb.load(converted["llama"], cfg_for(n_ctx=300))
-    prefill_tps, decode_tps = backend.native_measure([3, 4, 5, 6], 8)
-    assert prefill_tps > 0 and decode_tps > 0
+    prompt = [3, 4, 5, 6, 7, 8]
+    greedy = make_sampler(SamplingParams(temperature=0), ops=backend.sampling_ops)
+    ours = list(generate(backend, prompt, greedy, lambda ids: "", max_tokens=6, eos_ids=()))[-1].tokens
+    for cached in (0, 4):  # mlx-lm's loop after a cached depth gives the same greedy tokens
+        theirs = [r.token for r in backend.native_stream(prompt, cached, 6)]
+        assert theirs == ours
+    info = backend.describe()
+    assert info["model"].startswith("llama ") and info["params"] > 0 and info["size_bytes"] > 0
     backend.close()
 
 

@@ -58,3 +58,16 @@ def test_convert_gguf_to_a_folder(env, tmp_path):
 def test_convert_bad_source_is_one_line(env, tmp_path):
     line = one_line_error(mlxgen("convert", str(tmp_path / "missing.gguf"), env=env))
     assert "missing.gguf" in line
+
+
+def test_bench_all_backends_vs_native_on_the_same_weights(env):
+    proc = mlxgen("bench", "--backend", "all", "--vs-native", "-p", "8", "-n", "4", "-r", "1", "--warmup", "0", env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].endswith("| native t/s | ours/native | overhead µs/tok | vs mlx |")
+    table = [line.split(" | ") for line in lines[2:6]]
+    assert [(row[3], row[5]) for row in table] == [
+        ("mlx CPU", "pp8"), ("mlx CPU", "tg4"), ("llama.cpp CPU", "pp8"), ("llama.cpp CPU", "tg4")
+    ]
+    assert all(float(row[9]) > 0 for row in table)  # ours/native measured on both backends
+    assert "(mlx)" in table[0][0] and table[2][0].startswith("| llama 256M Q4_1")

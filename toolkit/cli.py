@@ -199,23 +199,80 @@ def doctor(**options: Any) -> None:
 
 
 @cli.command()
-@click.argument("prompt", required=False)
-@config_options
-@click.option("--backends", "backend_list", default=None, help="Comma list to compare, baseline first (default: the detected one).")
-@click.option("--native", is_flag=True, help="Also time each backend library's own loop on the same model.")
-@click.option("--runs", type=int, default=5, show_default=True, help="Measured runs per contestant (after one warm-up).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
-def bench(prompt: str | None, backend_list: str | None, native: bool, runs: int, as_json: bool, **options: Any) -> None:
-    """Prefill and decode tok/s (greedy, EOS ignored), as ratios against the first contestant."""
-    if options.get("temperature") is None:
-        options["temperature"] = 0.0
-    cfg = resolve_config(options)
-    facts = probe_hardware()
+@click.option("-c", "--config", "config", metavar="FILE|PRESET", help="YAML config or preset name (default: smollm2-135m).")
+@click.option("--model", "model_path", metavar="PATH", help="A local GGUF file (llm.path).")
+@click.option("--backend", type=click.Choice(["auto", "mlx", "llama.cpp", "all"]), default="auto", show_default=True,
+              help="all: every installed backend on the same model (MLX imports the GGUF).")
+@click.option("-p", "--n-prompt", default="512", show_default=True, help="Prompt-processing tests ppN (comma list).")
+@click.option("-n", "--n-gen", default="128", show_default=True, help="Generation tests tgN (comma list).")
+@click.option("-d", "--depth", default="0", show_default=True, help="Tokens already in the cache (comma list).")
+@click.option("-r", "--repetitions", default=5, show_default=True, type=click.IntRange(min=1), help="Timed runs per test.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
+@click.option("--vs-native", is_flag=True, help="Also run each backend library's own loop; report ours/native.")
+@click.option("--seed", default=42, show_default=True, type=int, help="Seed of the random token trace.")
+@click.option("-o", "--output", type=click.Choice(["md", "csv", "json", "jsonl"]), default="md", show_default=True)
+@click.option("--plot", metavar="FILE.png", help="Bar chart of t/s with error bars (needs matplotlib).")
+@click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).")
+@click.option("--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
+@click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
+def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
+          output: str, plot: str | None, **options: Any) -> None:
+    """llama-bench style pp/tg tests on one seeded token trace; table on stdout, progress on stderr.
+
+    \b
+    mlxgen bench                                  pp512 + tg128 on the detected backend
+    mlxgen bench --backend all --vs-native        every backend, each against its own library's loop
+    mlxgen bench -p 128,512 -n 64 -d 0,2048 -o csv
+    """
     from mlxgen import bench as benchmod
 
-    names = [b.strip() for b in backend_list.split(",")] if backend_list else None
-    result = benchmod.run_bench(cfg, names, prompt or benchmod.DEFAULT_PROMPT, runs, native=native, facts=facts)
-    click.echo(json.dumps(result, indent=2) if as_json else benchmod.format_table(result))
+    settings = benchmod.Settings(
+        n_prompt=benchmod.parse_counts(n_prompt, "-p"),
+        n_gen=benchmod.parse_counts(n_gen, "-n"),
+        depths=benchmod.parse_counts(depth, "--depth", minimum=0),
+        repetitions=repetitions,
+        warmup=warmup,
+        seed=seed,
+        vs_native=vs_native,
+    )
+    if plot:
+        benchmod.check_plot_path(plot)
+    everything = options.get("backend") == "all"
+    if everything:
+        options["backend"] = "auto"
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    from mlxgen import backends, hardware
+
+    if everything:
+        names = [name for name in backends.REGISTRY if backends.is_installed(name)]
+        cfg = benchmod.same_weights(cfg)
+    else:
+        names = [hardware.detect(facts, cfg.backend).backend]
+    report = benchmod.run_bench(cfg, names, settings, facts, progress=bench_progress())
+    if sys.stderr.isatty():
+        click.echo("\r\x1b[K", err=True, nl=False)
+    click.echo(benchmod.FORMATS[output](report))
+    if plot and report.results:
+        benchmod.plot(report, plot)
+        click.echo(f"plot: {plot}", err=True)
+    if report.interrupted:
+        sys.exit(130)
+
+
+def bench_progress():
+    """Progress on stderr: one line rewritten in place on a terminal, else a line per test."""
+    tty = sys.stderr.isatty()
+    last = [""]
+
+    def show(message: str) -> None:
+        if tty:
+            click.echo(f"\r\x1b[K{message}", err=True, nl=False)
+        elif message.split(":")[0] != last[0]:
+            click.echo(message, err=True)
+        last[0] = message.split(":")[0]
+
+    return show
 
 
 # -------------------------------------------------------------------- convert

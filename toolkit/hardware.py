@@ -91,14 +91,14 @@ def describe(facts: Facts) -> list[tuple[str, str]]:
     """Rows for `mlxgen doctor` (cheap facts only; backends add their own)."""
     return [
         ("platform", f"{facts.system} {facts.machine}"),
-        ("chip", _chip_name()),
+        ("chip", chip_name()),
         ("python", sys.version.split()[0]),
         ("cpus", str(facts.cpu_count)),
     ] + [(f"backend {name}", "installed" if is_installed(name) else f"missing (pip install \"mlxgen[{info.extra}]\")")
          for name, info in REGISTRY.items()]
 
 
-def _chip_name() -> str:
+def chip_name() -> str:
     if platform.system() == "Darwin":
         import subprocess
 
