@@ -139,6 +139,7 @@ class BackendRun:
     reload_s: float | None  # the same load again right after: warm
     peak_rss_bytes: int | None = None
     peak_rss_scope: str = "backend"  # "backend" (reset per backend) or "process" (peak so far)
+    rss_start_bytes: int | None = None  # resident before this backend loaded (what it shares with earlier ones)
 
 
 @dataclass
@@ -261,6 +262,7 @@ def run_bench(
         for name in names:
             choice = hardware.detect(facts, name)
             progress(f"{name}: loading")
+            rss_start = current_rss()
             reset_peak_rss()
             sess, reload_s = _open_twice(open_session, dataclasses.replace(cfg, backend=name), choice)
             try:
@@ -268,6 +270,7 @@ def run_bench(
                 if trace is None:
                     trace = _trace(sess, settings)
                 run = _backend_run(name, sess, reload_s)
+                run.rss_start_bytes = rss_start
                 report.backends.append(run)
                 streams = {"mlxgen": mlxgen_stream(sess)}
                 if settings.vs_native:
@@ -353,6 +356,17 @@ def reset_peak_rss() -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def current_rss() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def peak_rss() -> tuple[int | None, str]:
@@ -455,12 +469,20 @@ def format_markdown(report: Report) -> str:
     lines.append("")
     lines += [footer(report)] + [
         f"{run.name}: load {run.load_s:.2f} s cold, {run.reload_s:.2f} s warm · "
-        f"peak RSS {_size(run.peak_rss_bytes)}{'' if run.peak_rss_scope == 'backend' else ' (process)'} · {run.device}"
+        f"peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)} · {run.device}"
         for run in report.backends
     ]
     if report.interrupted:
         lines.append("interrupted: the table holds what finished")
     return "\n".join(lines)
+
+
+def _rss_note(run: BackendRun) -> str:
+    if run.peak_rss_scope != "backend":
+        return " (process peak so far)"
+    if run.rss_start_bytes and run.peak_rss_bytes:
+        return f" (+{_size(run.peak_rss_bytes - run.rss_start_bytes)} over the {_size(run.rss_start_bytes)} before its load)"
+    return ""
 
 
 def footer(report: Report) -> str:
@@ -488,6 +510,7 @@ def records(report: Report) -> list[dict]:
             "depth": r.test.depth, "repetitions": s.repetitions, "warmup": s.warmup, "seed": s.seed,
             "avg_ts": r.mean, "stddev_ts": r.stdev, "samples_ts": r.tps, "samples_ttft_s": r.ttft_s,
             "load_s": run.load_s, "reload_s": run.reload_s, "peak_rss_bytes": run.peak_rss_bytes,
+            "rss_start_bytes": run.rss_start_bytes,
             "interrupted": report.interrupted,
         })
     return out
