@@ -229,55 +229,6 @@ def test_missing_backend_names_extra(cache_env):
     assert 'pip install "mlxgen[mlx]"' in line
 
 
-def test_bench_measures_against_native_baseline(cache_env, tmp_path):
-    plot = tmp_path / "bench.png"
-    proc = mlxgen("bench", "--vs-native", "-p", "16", "-n", "8", "-r", "2", "--warmup", "0", "-o", "json",
-                  "--plot", str(plot), env=cache_env)
-    assert proc.returncode == 0, proc.stderr.decode()
-    data = json.loads(proc.stdout)
-    got = [(r["backend"], r["loop"], r["test"], len(r["samples_ts"])) for r in data["results"]]
-    assert got == [("llama.cpp", loop, test, 2) for test in ("pp16", "tg8") for loop in ("mlxgen", "native")]
-    assert all(r["avg_ts"] > 0 and r["model"] == "llama 256M Q4_1" for r in data["results"])
-    assert data["backends"][0]["load_s"] > 0 and data["backends"][0]["peak_rss_bytes"] > 50 * 2**20
-    assert "llama.cpp pp16" in proc.stderr.decode()  # progress on stderr
-    assert plot.read_bytes()[:4] == b"\x89PNG"
-
-
-def test_bench_default_output_is_a_markdown_table(cache_env):
-    proc = mlxgen("bench", "-p", "8", "-n", "4", "-r", "1", "--warmup", "0", env=cache_env)
-    assert proc.returncode == 0, proc.stderr.decode()
-    lines = proc.stdout.decode().splitlines()
-    assert lines[0] == "| model | size | params | backend | threads | test | t/s | ttft ms |"
-    assert lines[2].startswith("| llama 256M Q4_1 | 92.10 MiB | 134.52 M | llama.cpp CPU |")
-    assert lines[-1].startswith("llama.cpp: load ")
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (("-p", "0"), "-p 0: must be at least 1"),
-        (("--depth", "4096"), "pp512 @ d4096: needs 4609 positions but the context holds 2048"),
-        (("--plot", "/nonexistent/dir/x.png"), "--plot /nonexistent/dir/x.png: its folder does not exist"),
-        (("-o", "xml"), None),  # click's own usage error
-    ],
-)
-def test_bench_bad_input_is_one_line(cache_env, args, message):
-    proc = mlxgen("bench", *args, env=cache_env)
-    if message is None:
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
-        return
-    assert message in one_line_error(proc)
-
-
-def test_bench_on_a_backend_that_is_not_installed(cache_env):
-    code = (
-        "import sys; sys.modules['mlx'] = None; sys.modules['mlx_lm'] = None\n"
-        "from mlxgen.cli import main; sys.argv = ['mlxgen', 'bench', '--backend', 'mlx']; main()"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, **cache_env})
-    assert 'pip install "mlxgen[mlx]"' in one_line_error(proc)
-
-
 def test_model_flag_replaces_the_preset_source(cache_env, tmp_path):
     data = json.loads(mlxgen("run", "--dry-run", "--json", "-c", "qwen3-4b", "--model", str(GGUF), env=cache_env).stdout)
     llm = data["config"]["llm"]
