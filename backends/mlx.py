@@ -185,6 +185,13 @@ class MLXBackend:
             mx.eval([c.state for c in cache])
         return stream_generate(self.model, self._native_tokenizer, list(ids[cached:]), max_tokens=n, prompt_cache=cache)
 
+    def reset_peak_memory(self) -> None:
+        mx.reset_peak_memory()
+
+    def peak_memory(self) -> int:
+        """MLX's own allocator peak in bytes (on Metal this is GPU memory, which RSS does not show)."""
+        return int(mx.get_peak_memory())
+
     def describe(self) -> dict:
         """Model type, parameter count and weight bytes (quantized), for bench tables."""
         from mlx.utils import tree_flatten

@@ -140,6 +140,7 @@ class BackendRun:
     peak_rss_bytes: int | None = None
     peak_rss_scope: str = "backend"  # "backend" (reset per backend) or "process" (peak so far)
     rss_start_bytes: int | None = None  # resident before this backend loaded (what it shares with earlier ones)
+    device_peak_bytes: int | None = None  # the backend library's own allocator peak (MLX), if it keeps one
 
 
 @dataclass
@@ -271,6 +272,7 @@ def run_bench(
                     trace = _trace(sess, settings)
                 run = _backend_run(name, sess, reload_s)
                 run.rss_start_bytes = rss_start
+                getattr(sess.backend, "reset_peak_memory", lambda: None)()
                 report.backends.append(run)
                 streams = {"mlxgen": mlxgen_stream(sess)}
                 if settings.vs_native:
@@ -279,7 +281,10 @@ def run_bench(
             finally:
                 run_peak = peak_rss()
                 if report.backends and report.backends[-1].name == name:
-                    report.backends[-1].peak_rss_bytes, report.backends[-1].peak_rss_scope = run_peak
+                    run = report.backends[-1]
+                    run.peak_rss_bytes, run.peak_rss_scope = run_peak
+                    device_peak = getattr(sess.backend, "peak_memory", None)
+                    run.device_peak_bytes = device_peak() if device_peak else None
                 sess.close()
     except KeyboardInterrupt:
         report.interrupted = True
@@ -469,7 +474,9 @@ def format_markdown(report: Report) -> str:
     lines.append("")
     lines += [footer(report)] + [
         f"{run.name}: load {run.load_s:.2f} s cold, {run.reload_s:.2f} s warm · "
-        f"peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)} · {run.device}"
+        f"peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)}"
+        + (f" · {run.name} allocator peak {_size(run.device_peak_bytes)}" if run.device_peak_bytes else "")
+        + f" · {run.device}"
         for run in report.backends
     ]
     if report.interrupted:
@@ -510,7 +517,7 @@ def records(report: Report) -> list[dict]:
             "depth": r.test.depth, "repetitions": s.repetitions, "warmup": s.warmup, "seed": s.seed,
             "avg_ts": r.mean, "stddev_ts": r.stdev, "samples_ts": r.tps, "samples_ttft_s": r.ttft_s,
             "load_s": run.load_s, "reload_s": run.reload_s, "peak_rss_bytes": run.peak_rss_bytes,
-            "rss_start_bytes": run.rss_start_bytes,
+            "rss_start_bytes": run.rss_start_bytes, "device_peak_bytes": run.device_peak_bytes,
             "interrupted": report.interrupted,
         })
     return out
