@@ -17,13 +17,20 @@ import numpy as np
 
 from mlxgen.config import Config
 from mlxgen.errors import ModelError
+from mlxgen.gguf_check import check as check_gguf
 from mlxgen.hardware import Choice
 from mlxgen.sources import resolve_gguf
 
 
 def prepare(cfg: Config) -> Path:
-    """The GGUF file to load (downloaded once into the Hugging Face cache if needed)."""
-    return resolve_gguf(cfg.llm)
+    """The GGUF file to load (downloaded once into the Hugging Face cache if needed).
+
+    Its structure is checked first (``mlxgen.gguf_check``, headers only, a few ms), so a
+    corrupt file is one clear line instead of a crash or a hang inside llama.cpp's loader.
+    """
+    path = resolve_gguf(cfg.llm)
+    check_gguf(path)
+    return path
 
 
 def load(weights: Path, cfg: Config, choice: Choice) -> "LlamaCppBackend":

@@ -74,20 +74,31 @@ def import_gguf(
     import mlx.core as mx
     from gguf import GGUFReader
 
+    from mlxgen.gguf_check import GGUFFormatError, check
+
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
+        check(path)  # bounds-checked structure first: GGUFReader trusts every count it reads
         reader = GGUFReader(str(path))
+    except GGUFFormatError as e:
+        raise ModelError(f"{path}: not a readable GGUF file ({e.problem})") from None
+    except ModelError:
+        raise
     except Exception as e:  # gguf raises ValueError / struct errors on a bad file
         raise ModelError(f"{path}: not a readable GGUF file ({_first_line(e)})") from None
-    meta = _Meta(reader)
+    meta = _Meta(reader, path)
     arch = meta.get("general.architecture", "?")
-    if arch not in SUPPORTED_ARCHS:
+    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHS:
         raise ModelError(
-            f"{path.name}: GGUF architecture {arch!r} is not supported yet by the MLX import "
+            f"{path.name}: GGUF architecture {_short(arch)} is not supported yet by the MLX import "
             f"(supported: {', '.join(SUPPORTED_ARCHS)}); use --backend llama.cpp"
         )
     _check_types(reader, path)
-    config = _model_config(meta, arch, reader)
+    try:
+        config = _model_config(meta, arch, reader)
+        _check_shapes(reader, config, arch)
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
     n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
 
     weights: dict[str, "mx.array"] = {}
@@ -133,7 +144,7 @@ def import_gguf(
         config["quantization"] = config["quantization_config"] = quant
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    _write_tokenizer(path, out, meta)
+    _write_tokenizer(path, out, config["max_position_embeddings"])
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
     say(
         f"mlxgen: imported {stats.tensors} tensors: {stats.lossless} lossless (Q4_0/Q4_1/Q8_0 as MLX groups of 32), "
@@ -146,45 +157,79 @@ def import_gguf(
 
 
 class _Meta:
-    def __init__(self, reader) -> None:
+    def __init__(self, reader, path: Path | None = None) -> None:
         self.reader = reader
+        self.path = path
 
     def get(self, key: str, default=None):
         field = self.reader.fields.get(key)
         if field is None:
             return default
-        value = field.contents()
+        try:
+            value = field.contents()
+        except (UnicodeDecodeError, ValueError, IndexError) as e:
+            raise ModelError(f"{self.path}: GGUF metadata {key} cannot be read ({_first_line(e)})") from None
         return value if value is not None else default
 
 
-def _model_config(meta: _Meta, arch: str, reader) -> dict:
-    def need(key: str):
-        value = meta.get(f"{arch}.{key}")
-        if value is None:
-            raise ModelError(f"GGUF metadata {arch}.{key} is missing")
-        return value
+MAX_DIM = 1 << 20  # no real model has a hidden size, head count or vocabulary beyond this
 
-    hidden = int(need("embedding_length"))
-    heads = int(need("attention.head_count"))
-    kv = meta.get(f"{arch}.attention.head_count_kv", heads)
-    kv = int(kv if not isinstance(kv, list) else kv[0])
+
+def _short(value) -> str:
+    import reprlib
+
+    return reprlib.repr(value)
+
+
+def _int(meta: _Meta, key: str, default=None, high: int = MAX_DIM) -> int:
+    value = meta.get(key, default)
+    if value is None:
+        raise ModelError(f"GGUF metadata {key} is missing")
+    if isinstance(value, list) and value:  # e.g. head_count_kv given per layer
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ModelError(f"GGUF metadata {key} is {_short(value)}, expected an integer from 1 to {high}")
+    return value
+
+
+def _number(meta: _Meta, key: str, default=None) -> float:
+    import math
+
+    value = meta.get(key, default)
+    if value is None:
+        raise ModelError(f"GGUF metadata {key} is missing")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ModelError(f"GGUF metadata {key} is {_short(value)}, expected a positive number")
+    return float(value)
+
+
+def _model_config(meta: _Meta, arch: str, reader) -> dict:
+    hidden = _int(meta, f"{arch}.embedding_length")
+    heads = _int(meta, f"{arch}.attention.head_count")
+    kv = _int(meta, f"{arch}.attention.head_count_kv", heads)
+    if heads % kv:
+        raise ModelError(f"GGUF metadata {arch}.attention.head_count {heads} is not a multiple of head_count_kv {kv}")
     names = {t.name for t in reader.tensors}
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    vocab = int(meta.get(f"{arch}.vocab_size", 0) or embd.shape[-1])
-    head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embd is None:
+        raise ModelError("GGUF has no token_embd.weight tensor")
+    vocab = _int(meta, f"{arch}.vocab_size", int(embd.shape[-1]), high=1 << 24)
+    head_dim = _int(meta, f"{arch}.attention.key_length", max(1, hidden // heads))
+    if head_dim % 2:
+        raise ModelError(f"GGUF head dimension {head_dim} ({arch}.attention.key_length) is odd; rope needs it even")
     config = {
         "model_type": arch,
         "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[arch]],
         "hidden_size": hidden,
-        "num_hidden_layers": int(need("block_count")),
-        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": _int(meta, f"{arch}.block_count", high=4096),
+        "intermediate_size": _int(meta, f"{arch}.feed_forward_length"),
         "num_attention_heads": heads,
         "num_key_value_heads": kv,
         "head_dim": head_dim,
-        "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
+        "rms_norm_eps": _number(meta, f"{arch}.attention.layer_norm_rms_epsilon"),
         "vocab_size": vocab,
-        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0 if arch == "llama" else 1000000.0)),
-        "max_position_embeddings": int(meta.get(f"{arch}.context_length", 4096)),
+        "rope_theta": _number(meta, f"{arch}.rope.freq_base", 10000.0 if arch == "llama" else 1000000.0),
+        "max_position_embeddings": _int(meta, f"{arch}.context_length", 4096, high=1 << 31),
         "tie_word_embeddings": "output.weight" not in names,
         "rope_traditional": False,
     }
@@ -193,11 +238,54 @@ def _model_config(meta: _Meta, arch: str, reader) -> dict:
     scaling = meta.get(f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         if scaling != "linear":
-            raise ModelError(f"GGUF rope scaling {scaling!r} is not supported yet by the MLX import")
-        config["rope_scaling"] = {"type": "linear", "factor": float(meta.get(f"{arch}.rope.scaling.factor", 1.0))}
+            raise ModelError(f"GGUF rope scaling {_short(scaling)} is not supported yet by the MLX import")
+        config["rope_scaling"] = {"type": "linear", "factor": _number(meta, f"{arch}.rope.scaling.factor", 1.0)}
     if "rope_freqs.weight" in names:
         raise ModelError("GGUF rope frequency factors (rope_freqs, Llama 3.1+) are not supported yet by the MLX import")
     return config
+
+
+def _check_shapes(reader, config: dict, arch: str) -> None:
+    """Every tensor has the shape the metadata implies, and every layer has what mlx-lm needs."""
+    hidden, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    q, kv = config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"]
+    layers = config["num_hidden_layers"]
+    # GGUF order: (columns, rows) for a matrix, (n,) for a vector
+    expect = {
+        "token_embd.weight": (hidden, vocab), "output.weight": (hidden, vocab), "output_norm.weight": (hidden,),
+    }
+    per_layer = {
+        "attn_norm.weight": (hidden,), "ffn_norm.weight": (hidden,),
+        "attn_q.weight": (hidden, q), "attn_k.weight": (hidden, kv), "attn_v.weight": (hidden, kv),
+        "attn_output.weight": (q, hidden), "attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,),
+        "attn_output.bias": (hidden,), "attn_q_norm.weight": (config["head_dim"],),
+        "attn_k_norm.weight": (config["head_dim"],),
+        "ffn_gate.weight": (hidden, ffn), "ffn_up.weight": (hidden, ffn), "ffn_down.weight": (ffn, hidden),
+    }
+    required = ["attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                "attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"]
+    if arch == "qwen2":
+        required += ["attn_q.bias", "attn_k.bias", "attn_v.bias"]
+    if arch == "qwen3":
+        required += ["attn_q_norm.weight", "attn_k_norm.weight"]
+    if config.get("attention_bias"):
+        required += ["attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias"]
+    names = set()
+    for t in reader.tensors:
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
+        if m:
+            if int(m.group(1)) >= layers:
+                raise ModelError(f"GGUF tensor {t.name} is past the model's {layers} layers (block_count)")
+            want = per_layer.get(m.group(2))
+        else:
+            want = expect.get(t.name)
+        shape = tuple(int(d) for d in t.shape)
+        if want is not None and shape != want:
+            raise ModelError(f"GGUF tensor {t.name} has shape {list(shape)}, expected {list(want)} from the metadata")
+        names.add(t.name)
+    for name in ["output_norm.weight"] + [f"blk.{i}.{part}" for i in range(layers) for part in required]:
+        if name not in names:
+            raise ModelError(f"GGUF tensor {name} is missing")
 
 
 def _hf_name(gguf_name: str, path: Path) -> str | None:
@@ -286,7 +374,7 @@ def _unpermute(x, n_heads: int):
 # --------------------------------------------------------------------- tokenizer
 
 
-def _write_tokenizer(path: Path, out: Path, meta: _Meta) -> None:
+def _write_tokenizer(path: Path, out: Path, context_length: int) -> None:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers.processors import TemplateProcessing
 
@@ -297,15 +385,18 @@ def _write_tokenizer(path: Path, out: Path, meta: _Meta) -> None:
     bos = tok.special.get("bos_token")
     if tok.add_bos and tok.bos_id is not None and bos:
         # The GGUF says "add BOS": make the tokenizer.json say so too, for mlx-lm and for us.
-        hf.post_processor = TemplateProcessing(
-            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1", special_tokens=[(bos, tok.bos_id)]
-        )
+        try:
+            hf.post_processor = TemplateProcessing(
+                single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1", special_tokens=[(bos, tok.bos_id)]
+            )
+        except Exception as e:  # tokenizers raises a bare Exception, e.g. for a BOS token with a space
+            raise ModelError(f"{path}: BOS token {bos!r} cannot be added by a tokenizer.json ({_first_line(e)})") from None
     hf.save(str(out / "tokenizer.json"))
     tcfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,
         "add_bos_token": bool(tok.add_bos),
-        "model_max_length": int(meta.get(f"{meta.get('general.architecture')}.context_length", 4096)),
+        "model_max_length": context_length,
     }
     tcfg.update({k: v for k, v in tok.special.items() if v})
     if tok.chat_template:

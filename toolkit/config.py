@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from mlxgen.errors import ConfigError
 
 BACKENDS = ("auto", "mlx", "llama.cpp")
 DEFAULT_PRESET = "smollm2-135m"
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a chat template a few KB
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class InferenceConfig:
         _check(self.repetition_penalty > 0, f"{key}.repetition_penalty", self.repetition_penalty, "> 0 (1 = off)")
         _check(self.repetition_context > 0, f"{key}.repetition_context", self.repetition_context, "a positive integer")
         _check(all(self.stop), f"{key}.stop", list(self.stop), "non-empty strings")
+        if self.seed is not None:
+            _check(self.seed >= 0, f"{key}.seed", self.seed, "a non-negative integer (or null: fresh randomness)")
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,39 @@ def _plain(value: Any) -> Any:
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; expected {allowed}")
+
+
+class _Repr(reprlib.Repr):
+    """repr() for error messages: short, one line, and safe on hostile values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxtuple = 2, 4, 4, 4
+        self.maxstring, self.maxother, self.maxlong = 60, 60, 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # repr() itself fails past 4300 digits; a few digits are enough
+            digits = int(x.bit_length() * math.log10(2)) + 1
+            digits -= abs(x) < 10 ** (digits - 1)
+            return f"<an integer of {digits} digits>"
+        return repr(x)
+
+
+_SHOW = _Repr()
+
+
+def _show(value: Any) -> str:
+    """A bounded one-line repr: a billion-laughs list or a 10k-digit number stays short."""
+    return _SHOW.repr(value)
+
+
+def _key_text(key: Any) -> str:
+    """A mapping key as it appears in a dotted path (quoted if it is odd)."""
+    text = key if isinstance(key, str) else _show(key)
+    if not text or len(text) > 60 or not text.isprintable():
+        return _show(key)
+    return text
 
 
 # --------------------------------------------------------------------------- loading
@@ -168,15 +205,21 @@ def _read_source(path: str | Path | None) -> tuple[str, str]:
     if path is None:
         path = DEFAULT_PRESET
     p = Path(path)
-    if p.is_file():
+    try:
+        is_file, exists = p.is_file(), p.exists()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(f"{_key_text(str(p))}: cannot read config: {e.strerror}") from None
+    if is_file:
         try:
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{p}: {p.stat().st_size} bytes is too large for a config (at most {MAX_CONFIG_BYTES})")
             return p.read_text(encoding="utf-8"), str(p)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{p}: cannot read config: {e}") from None
     name = str(path)
     if p.suffix == "" and name in preset_names():
         return resources.files("mlxgen.configs").joinpath(f"{name}.yaml").read_text(encoding="utf-8"), f"preset {name}"
-    if p.exists():
+    if exists:
         raise ConfigError(f"{p}: not a file")
     hint = f" (presets: {', '.join(preset_names())})" if p.suffix == "" else ""
     raise ConfigError(f"{p}: config file not found{hint}")
@@ -186,12 +229,16 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from None
+        raise ConfigError(f"{source}: malformed YAML{where}: {_one_line(problem)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: malformed YAML: nested too deeply") from None
+    except Exception as e:  # PyYAML failing to build a scalar: a bad date, a 5000-digit int, `!!timestamp x`
+        raise ConfigError(f"{source}: malformed YAML: {_one_line(str(e)) or type(e).__name__}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -199,31 +246,75 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+_LOADER = None
+
+
+def _loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (the first would be silently lost)."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            def construct_mapping(self, node, deep=False):
+                if isinstance(node, yaml.MappingNode):
+                    seen = set()
+                    for key_node, _ in node.value:
+                        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                            ident = (key_node.tag, key_node.value)
+                            if ident in seen:
+                                raise yaml.constructor.ConstructorError(
+                                    None, None, f"duplicate key {_show(key_node.value)}", key_node.start_mark
+                                )
+                            seen.add(ident)
+                return super().construct_mapping(node, deep)
+
+        _LOADER = Loader
+    return _LOADER
+
+
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
+    parts = str(dotted).split(".")
+    if not all(parts):
+        raise ConfigError(f"{_show(dotted)}: not a dotted config key (like inference.top_p)")
+    *parents, leaf = parts
     node = raw
     for part in parents:
         child = node.get(part)
         if not isinstance(child, dict):
+            if value is None:
+                return  # nothing there to clear
             child = {}
             node[part] = child
         node = child
-    node[leaf] = value
+    if value is None:
+        node.pop(leaf, None)  # back to the default
+    else:
+        node[leaf] = value
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     where = prefix or "config"
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {_type_name(data)} {data!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {_type_name(data)} {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     aliases: dict[str, str] = dict(getattr(cls, "_aliases", {}))
     kwargs: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for key, value in data.items():
         name = aliases.get(str(key), str(key))
-        dotted = f"{prefix}.{key}" if prefix else str(key)
+        dotted = f"{prefix}.{_key_text(key)}" if prefix else _key_text(key)
         if name not in fields:
             raise ConfigError(f"{dotted}: unknown key{_suggest(str(key), list(fields) + list(aliases))}")
+        if name in given:
+            raise ConfigError(f"{dotted}: the same setting as {given[name]}; give only one of them")
+        given[name] = str(key)
         kwargs[name] = _coerce(hints[name], value, dotted)
     return cls(**kwargs)
 
@@ -252,7 +343,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:  # tuple[str, ...]: one string or a list of them
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(f"{key}: expected a string or a list of strings, got {_type_name(value)} {value!r}")
+            raise ConfigError(f"{key}: expected a string or a list of strings, got {_type_name(value)} {_show(value)}")
         return tuple(items)
     if tp is bool:
         if isinstance(value, bool):
@@ -262,7 +353,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{key}: {_show(value)} is too large; expected a number") from None
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
                 return float(value)
@@ -274,4 +368,4 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # e.g. a numeric revision
     expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[tp]
-    raise ConfigError(f"{key}: expected {expected}, got {_type_name(value)} {value!r}")
+    raise ConfigError(f"{key}: expected {expected}, got {_type_name(value)} {_show(value)}")

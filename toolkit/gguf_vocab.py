@@ -75,28 +75,52 @@ def read(path: str | Path, reader=None) -> GGUFVocab:
             return GGUFVocab(Tokenizer.from_file(str(tok_file)), **_meta_from_json(meta))
         except Exception:  # a damaged cache entry is rebuilt below
             pass
-    vocab = build(reader if reader is not None else open_reader(path))
+    vocab = build(reader if reader is not None else open_reader(path), path)
     _store(cached, vocab)
     return vocab
 
 
 def open_reader(path: Path):
+    """``gguf.GGUFReader`` on a file ``mlxgen.gguf_check`` has checked first (it trusts every count)."""
     import gguf
 
+    from mlxgen.gguf_check import check
+
+    check(path)
     try:
         return gguf.GGUFReader(str(path))
     except FileNotFoundError:
         raise ModelError(f"{path}: model file does not exist") from None
-    except Exception as e:  # wrong magic, truncated file, ...
+    except Exception as e:  # anything the structural check does not cover
         raise ModelError(f"{path}: not a valid GGUF file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def field_value(reader, key: str, default=None):
     f = reader.fields.get(key)
-    return default if f is None else f.contents()
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except (UnicodeDecodeError, ValueError, IndexError) as e:
+        raise ModelError(f"GGUF metadata {key} cannot be read ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def build(reader) -> GGUFVocab:
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def build(reader, path: str | Path | None = None) -> GGUFVocab:
+    """The tokenizer from an open reader; every problem is a ``ModelError`` naming the file."""
+    try:
+        return _build(reader)
+    except ModelError as e:
+        if path is None or str(e).startswith(str(path)):
+            raise
+        raise ModelError(f"{path}: {e}") from None
+
+
+def _build(reader) -> GGUFVocab:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     model = field_value(reader, "tokenizer.ggml.model")
@@ -108,16 +132,26 @@ def build(reader) -> GGUFVocab:
             "set tokenizer.repo or tokenizer.path to the model's tokenizer.json"
         )
     pre = field_value(reader, "tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
+    if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
         raise ModelError(
             f"GGUF pre-tokenizer {pre!r} is not supported yet (known: {', '.join(sorted(PRE_TOKENIZERS))}); "
             "set tokenizer.repo or tokenizer.path to the model's tokenizer.json"
         )
-    tokens: list[str] = field_value(reader, "tokenizer.ggml.tokens")
-    types: list[int] = field_value(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in field_value(reader, "tokenizer.ggml.merges", [])]
-
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=False)
+    tokens = _list_of(reader, "tokenizer.ggml.tokens", str, None)
+    if not tokens:
+        raise ModelError("GGUF metadata tokenizer.ggml.tokens is missing or empty")
+    types = _list_of(reader, "tokenizer.ggml.token_type", int, [1] * len(tokens))
+    if len(types) != len(tokens):
+        raise ModelError(
+            f"GGUF metadata tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens"
+        )
+    merges = [tuple(m.split(" ", 1)) for m in _list_of(reader, "tokenizer.ggml.merges", str, [])]
+    if any(len(m) != 2 for m in merges):
+        raise ModelError("GGUF metadata tokenizer.ggml.merges has an entry without a space ('a b' expected)")
+    try:
+        bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=False)
+    except Exception as e:  # tokenizers raises a bare Exception (e.g. a merge of unknown tokens)
+        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({_first_line(e)})") from None
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in PRE_TOKENIZERS[pre]]
@@ -133,7 +167,11 @@ def build(reader) -> GGUFVocab:
 
     def token_id(key: str) -> int | None:
         value = field_value(reader, key)
-        return int(value) if value is not None and 0 <= int(value) < len(tokens) else None
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ModelError(f"GGUF metadata {key} is {_kind(value)}, not a token id")
+        return value if 0 <= value < len(tokens) else None
 
     bos_id = token_id("tokenizer.ggml.bos_token_id")
     eos_ids = tuple(
@@ -155,9 +193,32 @@ def build(reader) -> GGUFVocab:
         add_bos=bool(field_value(reader, "tokenizer.ggml.add_bos_token", False)),
         bos_id=bos_id,
         eos_ids=eos_ids,
-        chat_template=field_value(reader, "tokenizer.chat_template"),
+        chat_template=_text_or_none(reader, "tokenizer.chat_template"),
         special=special,
     )
+
+
+def _kind(value) -> str:
+    return {str: "a string", list: "an array", bool: "a boolean", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _list_of(reader, key: str, kind: type, default):
+    value = field_value(reader, key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        want = "strings" if kind is str else "integers"
+        raise ModelError(f"GGUF metadata {key} is {_kind(value)}, not an array of {want}")
+    return value
+
+
+def _text_or_none(reader, key: str) -> str | None:
+    value = field_value(reader, key)
+    if value is not None and not isinstance(value, str):
+        raise ModelError(f"GGUF metadata {key} is {_kind(value)}, not a string")
+    return value
 
 
 # ----------------------------------------------------------------- the cache
