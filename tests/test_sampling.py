@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from mlxgen.config import load_config
 from mlxgen.errors import ConfigError
 from mlxgen.sampling import SamplingParams, draw, make_sampler, min_p, repetition_penalty, top_k, top_p
 
@@ -281,3 +282,11 @@ def test_bad_arguments_raise_config_error_when_the_sampler_is_built(field, value
 def test_edge_values_are_accepted(params):
     token = make_sampler(params)([0], LOGITS)
     assert 0 <= token < 5
+
+
+@pytest.mark.parametrize("temperature", [1e-7, 1e-320])
+def test_a_temperature_too_small_to_divide_by_is_refused(temperature):
+    with pytest.raises(ConfigError, match="temperature"):
+        make_sampler(SamplingParams(temperature=temperature))
+    with pytest.raises(ConfigError, match=r"inference.temperature: .* 0 \(greedy\) or >= 1e-6"):
+        load_config(None, {"inference.temperature": temperature})

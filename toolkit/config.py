@@ -107,7 +107,8 @@ class InferenceConfig:
 
     def validate(self, key: str) -> None:
         _check(self.max_length > 0, f"{key}.max_length", self.max_length, "a positive integer")
-        _check(self.temperature >= 0, f"{key}.temperature", self.temperature, ">= 0 (0 = greedy)")
+        _check(self.temperature == 0 or self.temperature >= 1e-6, f"{key}.temperature", self.temperature,
+               "0 (greedy) or >= 1e-6")
         _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "in (0, 1]")
         _check(self.top_k >= 0, f"{key}.top_k", self.top_k, ">= 0 (0 = off)")
         _check(0 <= self.min_p < 1, f"{key}.min_p", self.min_p, "in [0, 1)")

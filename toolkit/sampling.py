@@ -28,6 +28,9 @@ Logits = Any  # np.ndarray or mx.array, shape (vocab,)
 Processor = Callable[[Sequence[int], Logits], Logits]
 
 
+MIN_TEMPERATURE = 1e-6  # below this, logits / temperature overflows float32: use 0 (greedy)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.7
@@ -42,8 +45,8 @@ class SamplingParams:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"{name}: {getattr(self, name)!r} is not allowed; expected {allowed}")
 
-        if not self.temperature >= 0:
-            raise bad("temperature", ">= 0 (0 = greedy)")
+        if not (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE):
+            raise bad("temperature", "0 (greedy) or >= 1e-6")
         if not self.top_k >= 0:
             raise bad("top_k", ">= 0 (0 = off)")
         if not 0 < self.top_p <= 1:
