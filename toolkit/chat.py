@@ -52,13 +52,43 @@ def choose_template(
 
 def render(spec: PromptSpec, message: str, special: dict[str, str] | None = None) -> str:
     """The prompt text for one user message."""
+    return render_messages(spec, [{"role": "user", "content": message}], special)
+
+
+def render_messages(spec: PromptSpec, messages: list[dict], special: dict[str, str] | None = None) -> str:
+    """The prompt text for a conversation: user and assistant turns, the last one the user's.
+
+    A model's Jinja template gets the whole ``messages`` list (the system prompt first).
+    A config ``{{ message }}`` template renders one turn only, so a conversation is the
+    concatenation of its turns as each was sent: the rendered user message, the answer,
+    and the end-of-turn token that closed it (``eos_token``, plus a newline where the
+    template closes the user's message that way, as ChatML does). Raw mode joins the
+    turns' texts, a newline before each new user line.
+    """
     if spec.template is None:
-        return message
-    messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [
-        {"role": "user", "content": message}
-    ]
+        return "".join(("\n" if i and m["role"] == "user" else "") + m["content"] for i, m in enumerate(messages))
+    if spec.origin == "config":
+        return "".join(_config_turns(spec, messages, special or {}))
+    return _render(spec, messages, special)
+
+
+def _config_turns(spec: PromptSpec, messages: list[dict], special: dict[str, str]):
+    eos = special.get("eos_token", "")
+    closing = eos
+    for m in messages:
+        if m["role"] == "user":
+            text = _render(spec, [m], special)
+            after = text[text.rfind(m["content"]) + len(m["content"]) :] if m["content"] else ""
+            closing = eos + "\n" if eos and after.startswith(eos + "\n") else eos
+            yield text
+        else:
+            yield m["content"] + closing
+
+
+def _render(spec: PromptSpec, messages: list[dict], special: dict[str, str] | None) -> str:
+    messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + list(messages)
     context = dict(special or {})
-    context.update(messages=messages, message=message, add_generation_prompt=True)
+    context.update(messages=messages, message=messages[-1]["content"], add_generation_prompt=True)
     supports_switch = "enable_thinking" in spec.template
     if spec.thinking is not None and supports_switch:
         context["enable_thinking"] = spec.thinking

@@ -107,9 +107,13 @@ def resolve_config(options: dict[str, Any]):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @click.option("--trace", type=click.Path(dir_okay=False, writable=True), help="Write every token id, text and time as JSON.")
 @click.option("--show-prompt", is_flag=True, help="Print the templated prompt and its token ids (stderr).")
+@click.option("--logprobs", type=int, metavar="K", help="Record the top-K log-probabilities of each token (--json, --trace).")
 @click.option("--quiet", "-q", is_flag=True, help="No stats on stderr.")
-def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, show_prompt: bool, quiet: bool, **options: Any) -> None:
+def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, show_prompt: bool, logprobs: int | None,
+        quiet: bool, **options: Any) -> None:
     """Generate text for PROMPT (or stdin), streamed to stdout."""
+    if logprobs is not None and logprobs < 1:
+        raise MlxgenError(f"--logprobs {logprobs}: expected a positive number of alternatives")
     cfg = resolve_config(options)
     facts = probe_hardware()
     from mlxgen import render, session
@@ -126,15 +130,17 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         text, ids = sess.prompt(message)
         if show_prompt:
             render.show_prompt(sess, text, ids)
-        events = sess.generate(ids)
+        recorder = logprob_recorder(sess, logprobs) if logprobs else None
+        events = sess.generate(ids, sample=recorder)
         done = render.stream(events, echo=not as_json)
     finally:
         sess.close()
     done.stats.load_s = sess.load_s
+    top = recorder.entries(sess.tokenizer, done.trace) if recorder else None
     if trace:
-        render.write_trace(trace, sess, ids, done)
+        render.write_trace(trace, sess, ids, done, top)
     if as_json:
-        click.echo(json.dumps(render.result_dict(sess, plan, done, ids), ensure_ascii=False))
+        click.echo(json.dumps(render.result_dict(sess, plan, done, ids, top), ensure_ascii=False))
     elif not quiet:
         render.stats(sess, done)
     if done.reason == "interrupted":
@@ -166,6 +172,116 @@ def read_prompt(prompt: str | None) -> str:
     if not prompt.strip():
         raise PromptError("the prompt is empty")
     return prompt
+
+
+def logprob_recorder(sess, k: int):
+    from mlxgen.logits import LogprobRecorder
+
+    if k > sess.backend.vocab_size:
+        raise MlxgenError(f"--logprobs {k}: the vocabulary has only {sess.backend.vocab_size} tokens")
+    return LogprobRecorder(sess.sampler(), k, getattr(sess.backend, "sampling_ops", None) or _numpy_ops())
+
+
+def _numpy_ops():
+    from mlxgen.sampling import NUMPY
+
+    return NUMPY
+
+
+# ------------------------------------------------------- chat, tokens, logits
+
+
+@cli.command()
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per answer on stdout instead of streamed text.")
+@click.option("--quiet", "-q", is_flag=True, help="No banner and no per-turn stats on stderr.")
+def chat(as_json: bool, quiet: bool, **options: Any) -> None:
+    """Talk with the model: one line per message, answers streamed; /help lists the commands.
+
+    \b
+    Each turn prefills only what the KV cache does not hold yet. Ctrl-C stops an
+    answer (keeping it), Ctrl-D or /exit quits. Lines can be piped in.
+    """
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    from mlxgen import conversation, repl, session
+
+    choice = session.plan(cfg, facts).choice
+    sess = session.open_session(cfg, choice)
+    try:
+        if not quiet:
+            click.echo(f"mlxgen chat · {sess.backend.name} on {sess.backend.device} · context {sess.backend.n_ctx} "
+                       f"tokens · {sess.template.origin} template · /help for commands, Ctrl-D to quit", err=True)
+        code = repl.Repl(conversation.Conversation(sess), as_json=as_json, quiet=quiet).run()
+    finally:
+        sess.close()
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("-f", "--file", "path", metavar="FILE", help="Count a file ('-' = stdin).")
+@click.option("--show", is_flag=True, help="List every token: position, id, text (special tokens marked).")
+@click.option("--chat", "templated", is_flag=True, help="Apply the chat template first; mark the template's tokens.")
+@click.option("--errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
+              help="Invalid UTF-8: fail, or read the bad bytes as U+FFFD.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: large inputs on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (with --show: every token).")
+@config_options
+def tokens(text: str | None, path: str | None, show: bool, templated: bool, errors: str, progress: bool | None,
+           as_json: bool, **options: Any) -> None:
+    """Count the tokens of TEXT (or -f FILE, or stdin) with the tokenizer `run` uses."""
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    from mlxgen import chat as chatmod
+    from mlxgen import session
+    from mlxgen import tokens as tokmod
+
+    message = tokmod.read_text(text, path, errors)
+    tok = session.open_tokenizer(cfg, session.plan(cfg, facts).choice)
+    render = None
+    if templated:
+        spec = session.prompt_spec(cfg, tok)
+        render = lambda m: chatmod.render(spec, m, tok.special)  # noqa: E731
+    bar = progress if progress is not None else sys.stderr.isatty() and len(message) >= tokmod.BIG_CHARS
+    total = len(render(message)) if render else len(message)
+    data = tokmod.count(tok, message, cfg.llm.n_ctx, render, show, tokmod.progress_bar(total) if bar else None)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False))
+        return
+    if show:
+        click.echo(tokmod.listing(tok, data["pieces"]))
+    click.echo(tokmod.summary(data))
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@config_options
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the table.")
+@click.option("--json", "as_json", is_flag=True, help="The same data as one JSON object.")
+def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
+    """One prefill of PROMPT: the most probable next tokens and what sampling would keep."""
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    from mlxgen import logits as logmod
+    from mlxgen import session
+
+    message = read_prompt(prompt)
+    sess = session.open_session(cfg, session.plan(cfg, facts).choice)
+    try:
+        _, ids = sess.prompt(message)
+        if len(ids) >= sess.backend.n_ctx:
+            raise PromptError(f"the prompt is {len(ids)} tokens but the context holds {sess.backend.n_ctx}")
+        ops = getattr(sess.backend, "sampling_ops", None) or _numpy_ops()
+        values = logmod.to_numpy(sess.backend.prefill(ids), ops)
+    finally:
+        sess.close()
+    data = logmod.inspect(values, session.sampling_params(cfg), ids, sess.tokenizer, top)
+    data.update(prompt_tokens=len(ids), backend=sess.backend.name, template=sess.template.origin)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        click.echo(logmod.table(data, sess.tokenizer))
 
 
 # --------------------------------------------------------------------- doctor

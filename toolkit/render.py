@@ -86,7 +86,8 @@ def stats(sess, done: Done) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def result_dict(sess, plan, done: Done, prompt_ids: list[int]) -> dict:
+def result_dict(sess, plan, done: Done, prompt_ids: list[int], logprobs: list[dict] | None = None) -> dict:
+    extra = {"logprobs": logprobs} if logprobs is not None else {}
     return {
         "text": done.text,
         "tokens": done.tokens,
@@ -97,15 +98,20 @@ def result_dict(sess, plan, done: Done, prompt_ids: list[int]) -> dict:
         "reason": plan.choice.reason,
         "model": plan.model,
         "stats": {**done.stats.as_dict(), "peak_memory_mb": round(peak_memory_mb(), 1)},
+        **extra,
     }
 
 
-def write_trace(path: str, sess, prompt_ids: list[int], done: Done) -> None:
+def write_trace(path: str, sess, prompt_ids: list[int], done: Done, logprobs: list[dict] | None = None) -> None:
+    """Every prompt and generated token; with ``logprobs``, each generated one's log-probability and top K."""
     tok = sess.tokenizer
+    generated = [{"id": i, "text": tok.decode([i]), "t": round(t, 6)} for i, t in done.trace]
+    for entry, lp in zip(generated, logprobs or ()):
+        entry.update(logprob=lp["logprob"], top=lp["top"])
     data = {
         "backend": sess.backend.name,
         "prompt": [{"id": i, "text": tok.decode([i])} for i in prompt_ids],
-        "generated": [{"id": i, "text": tok.decode([i]), "t": round(t, 6)} for i, t in done.trace],
+        "generated": generated,
         "stop_reason": done.reason,
         "stats": done.stats.as_dict(),
     }

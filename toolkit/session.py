@@ -81,12 +81,24 @@ class Session:
         text = chat.render(self.template, message, self.tokenizer.special)
         return text, self.tokenizer.encode(text)
 
-    def generate(
-        self, ids: list[int], ignore_eos: bool = False, max_tokens: int | None = None, cached: int = 0
-    ) -> Iterator[Event]:
-        """Generate after ``ids``; the backend's cache already holds ``ids[:cached]``."""
+    def sampler(self, params: SamplingParams | None = None):
+        """A fresh sampler for this backend's arrays (the config's settings by default)."""
         ops = getattr(self.backend, "sampling_ops", NUMPY)
-        sample = make_sampler(sampling_params(self.cfg), ops=ops)
+        return make_sampler(params or sampling_params(self.cfg), ops=ops)
+
+    def generate(
+        self,
+        ids: list[int],
+        ignore_eos: bool = False,
+        max_tokens: int | None = None,
+        cached: int = 0,
+        sample=None,
+    ) -> Iterator[Event]:
+        """Generate after ``ids``; the backend's cache already holds ``ids[:cached]``.
+
+        ``sample``: a sampler to use instead of one built from the config.
+        """
+        sample = sample or self.sampler()
         return generate(
             self.backend,
             ids,
@@ -110,8 +122,13 @@ def open_session(cfg: Config, choice: hardware.Choice) -> Session:
     eos_ids = tokenizer.resolve_eos(cfg.tokenizer.eos_token)  # fails before the model loads
     backend = module.load(weights, cfg, choice)
     load_s = time.perf_counter() - t0
+    return Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s)
+
+
+def prompt_spec(cfg: Config, tokenizer: Tokenizer) -> chat.PromptSpec:
+    """The chat template a run uses: --raw, the config's, the model's, or ChatML."""
     inf = cfg.inference
-    template = chat.choose_template(
+    return chat.choose_template(
         inf.raw,
         cfg.tokenizer.chat_template,
         tokenizer.chat_template,
@@ -119,4 +136,9 @@ def open_session(cfg: Config, choice: hardware.Choice) -> Session:
         inf.thinking,
         think_token=tokenizer.token_id("<think>") is not None,
     )
-    return Session(cfg, choice, backend, tokenizer, eos_ids, template, load_s)
+
+
+def open_tokenizer(cfg: Config, choice: hardware.Choice) -> Tokenizer:
+    """The tokenizer a run on ``choice`` uses, without loading the model."""
+    weights = backends.load_module(choice.backend).prepare(cfg)
+    return load_tokenizer(cfg, weights)
