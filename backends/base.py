@@ -28,3 +28,11 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the model and its cache."""
+
+
+# Optional, used when present:
+#   prefill_chunk: int                      prompt tokens per prefill call (default 512)
+#   extend(ids) -> None                     extend the cache without logits (non-final prefill chunks)
+#   pipelined / schedule / sampling_ops     MLX: queue step n+1 before token n is used
+#   synchronize() -> None                   wait for queued device work (bench, before starting its clock)
+#   native_stream / describe / peak_memory  bench: the library's own loop, model facts, allocator peak

@@ -99,10 +99,15 @@ class LlamaCppBackend:
             self._llm.eval(ids[:cached])
         return self._llm.generate(list(ids), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 
+    def synchronize(self) -> None:
+        """Wait for queued work (on a GPU `eval` returns before the device is done)."""
+        llama_cpp.llama_synchronize(self._ctx)
+
     def describe(self) -> dict:
         """What llama-bench prints in its model, size and params columns."""
         model = self._llm._model
-        return {"model": model.desc(), "size_bytes": int(model.size()), "params": int(model.n_params())}
+        build = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        return {"model": model.desc(), "size_bytes": int(model.size()), "params": int(model.n_params()), "build": build}
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None

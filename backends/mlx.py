@@ -22,6 +22,7 @@ from mlxgen.errors import ModelError
 from mlxgen.hardware import Choice
 
 CLEAR_EVERY = 256  # steps between mx.clear_cache() calls (as mlx-lm)
+PREFILL_CHUNK = 2048  # prompt tokens per forward pass (mlx-lm's prefill_step_size)
 
 
 def metal() -> bool:
@@ -94,6 +95,7 @@ def _vocab_size(model, config: dict) -> int:
 
 class MLXBackend:
     name = "mlx"
+    prefill_chunk = PREFILL_CHUNK
     pipelined = True  # the loop may queue the next step before using this one
     sampling_ops = MLX
 
@@ -129,6 +131,11 @@ class MLXBackend:
         mx.eval(logits)
         return logits
 
+    def extend(self, ids: Sequence[int]) -> None:
+        """Extend the cache with ids, no logits (the loop's non-final prefill chunks)."""
+        self.model(mx.array([[int(i) for i in ids]]), cache=self.cache)
+        mx.eval([c.state for c in self.cache])
+
     def step(self, token) -> mx.array:
         """One token (an int, or the sampler's lazy mx scalar) through the cache."""
         x = token.reshape(1, 1) if isinstance(token, mx.array) else mx.array([[int(token)]])
@@ -154,15 +161,15 @@ class MLXBackend:
         from mlx_lm.models.cache import can_trim_prompt_cache
 
         n_tokens = max(0, n_tokens)
+        if n_tokens == 0:  # empty: a fresh cache, as a new run (or mlx-lm's generate) starts with
+            from mlx_lm.models.cache import make_prompt_cache
+
+            self.cache = make_prompt_cache(self.model)
+            return
         if all(int(c.offset) <= n_tokens for c in self.cache):
             return
         if not can_trim_prompt_cache(self.cache):
-            from mlx_lm.models.cache import make_prompt_cache
-
-            if n_tokens > 0:
-                raise ModelError("this model's MLX cache cannot be trimmed (sliding window); start a new session")
-            self.cache = make_prompt_cache(self.model)
-            return
+            raise ModelError("this model's MLX cache cannot be trimmed (sliding window); start a new session")
         for c in self.cache:  # each layer to n_tokens, even if an interrupted pass left them apart
             c.trim(max(0, int(c.offset) - n_tokens))
 
@@ -180,8 +187,8 @@ class MLXBackend:
             self._native_tokenizer = load_tokenizer(self.folder)
             self._native_tokenizer.eos_token_ids = set()  # no EOS stop: the same token count as ours
         cache = make_prompt_cache(self.model)
-        if cached:
-            self.model(mx.array([list(ids[:cached])]), cache=cache)
+        for start in range(0, cached, PREFILL_CHUNK):  # chunked like the loop's prefill
+            self.model(mx.array([list(ids[start:min(cached, start + PREFILL_CHUNK)])]), cache=cache)
             mx.eval([c.state for c in cache])
         return stream_generate(self.model, self._native_tokenizer, list(ids[cached:]), max_tokens=n, prompt_cache=cache)
 
@@ -192,17 +199,38 @@ class MLXBackend:
         """MLX's own allocator peak in bytes (on Metal this is GPU memory, which RSS does not show)."""
         return int(mx.get_peak_memory())
 
+    def synchronize(self) -> None:
+        """Wait for all queued work, mlx-lm's generation stream included (a native run
+        leaves one step queued after its last token; on the CPU nothing else waits for it)."""
+        from mlx_lm.generate import generation_stream
+
+        mx.synchronize()
+        mx.synchronize(generation_stream)
+
     def describe(self) -> dict:
-        """Model type, parameter count and weight bytes (quantized), for bench tables."""
+        """Model type, parameter count, weight bytes and the bits really used per layer, for bench tables."""
         from mlx.utils import tree_flatten
         from mlx_lm.utils import get_total_parameters
 
+        config = self.config or {}
         params = int(get_total_parameters(self.model))
         size = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
-        bits = (self.config or {}).get("quantization", {}).get("bits")
-        kind = (self.config or {}).get("model_type", "?")
-        return {"model": f"{kind} {params / 1e6:.0f}M {f'{bits}-bit' if bits else 'float'} (mlx)",
-                "size_bytes": int(size), "params": params}
+        quant = config.get("quantization") or {}
+        bits = sorted({q["bits"] for q in quant.values() if isinstance(q, dict) and "bits" in q} | (
+            {quant["bits"]} if "bits" in quant and not any(isinstance(q, dict) for q in quant.values()) else set()))
+        label = "/".join(map(str, bits)) + "-bit" if bits else "float"
+        info = {"model": f"{config.get('model_type', '?')} {params / 1e6:.0f}M mlx {label}", "size_bytes": int(size),
+                "params": params}
+        info["build"] = f"mlx {mx.__version__} on {self.device}"
+        if metal() and hasattr(mx, "device_info"):
+            info["build"] += f" ({mx.device_info().get('device_name', 'Apple GPU')})"
+        imported = config.get("mlxgen_import")
+        if imported:
+            info["note"] = (
+                f"imported from {imported['source']}: "
+                + ("lossless" if not imported["requantized"] else f"{imported['requantized']} tensors requantized")
+            )
+        return info
 
     def close(self) -> None:
         self.model = None

@@ -142,6 +142,8 @@ def import_gguf(
 
     if len(quant) > 3:  # at least one quantized layer, each named with its own bits/group
         config["quantization"] = config["quantization_config"] = quant
+    config["mlxgen_import"] = {"source": path.name, "lossless": stats.lossless, "requantized": stats.requantized,
+                               "kept_float": stats.kept_float}  # ignored by mlx-lm; shown by bench
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     _write_tokenizer(path, out, config["max_position_embeddings"])

