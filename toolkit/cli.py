@@ -45,7 +45,8 @@ def config_options(f):
     options = [
         click.option("-c", "--config", "config", metavar="FILE|PRESET", help="YAML config or preset name (default: smollm2-135m)."),
         click.option("--backend", type=click.Choice(["auto", "mlx", "llama.cpp"]), help="Override hardware detection."),
-        click.option("--model", "model_path", metavar="PATH", help="A local GGUF file (llm.path)."),
+        click.option("--model", "model_path", metavar="SOURCE",
+                     help="A GGUF file, an MLX model folder, OWNER/REPO/FILE.gguf or OWNER/REPO (MLX) on the Hub."),
         click.option("--temperature", "--temp", type=float, help="0 = greedy."),
         click.option("--top-k", type=int, help="0 = off."),
         click.option("--top-p", type=float),
@@ -68,7 +69,6 @@ def config_options(f):
 
 OVERRIDES = {
     "backend": "backend",
-    "model_path": "llm.path",
     "temperature": "inference.temperature",
     "top_k": "inference.top_k",
     "top_p": "inference.top_p",
@@ -92,9 +92,36 @@ def resolve_config(options: dict[str, Any]):
     overrides = {OVERRIDES[k]: v for k, v in options.items() if k in OVERRIDES and v not in (None, ())}
     if "stop" in options and options["stop"]:
         overrides["inference.stop"] = list(options["stop"])
-    if overrides.get("llm.path"):  # a local file replaces whatever source the preset named
-        overrides.update({"llm.package": None, "llm.repo": None, "llm.mlx.repo": None, "llm.mlx.path": None})
+    if options.get("model_path"):
+        source = model_source(options["model_path"])
+        if overrides.get("backend", "auto") != "auto":
+            source.pop("backend", None)
+        overrides.update(source)
+        if not options.get("config"):  # the default preset's tokenizer facts belong to its own model
+            overrides.update({"tokenizer.eos_token": None, "tokenizer.chat_template": None})
     return load_config(options.get("config"), overrides)
+
+
+def model_source(value: str) -> dict[str, Any]:
+    """``--model``: the config keys for a GGUF file, an MLX folder or a Hugging Face source.
+
+    An existing path wins. Otherwise ``OWNER/REPO/FILE.gguf`` is a GGUF on the Hub and
+    ``OWNER/REPO`` a Hub repo for the MLX backend (converted, or used as is if it is an
+    MLX repo). Whatever source the config named is replaced.
+    """
+    import re
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    keys: dict[str, Any] = {"llm.path": None, "llm.package": None, "llm.repo": None, "llm.mlx.repo": None,
+                            "llm.mlx.path": None}
+    hub = re.fullmatch(r"([\w.-]+/[\w.-]+)(?:/(.+\.gguf))?", value)
+    if path.is_dir():
+        return {**keys, "llm.mlx.path": str(path), "backend": "mlx"}
+    if not path.exists() and hub and not value.startswith((".", "~")) and not (value.endswith(".gguf") and not hub[2]):
+        repo, file = hub.groups()
+        return {**keys, "llm.repo": repo, "llm.file": file} if file else {**keys, "llm.mlx.repo": repo, "backend": "mlx"}
+    return {**keys, "llm.path": value}
 
 
 # ------------------------------------------------------------------------ run
@@ -316,7 +343,7 @@ def doctor(**options: Any) -> None:
 
 @cli.command()
 @click.option("-c", "--config", "config", metavar="FILE|PRESET", help="YAML config or preset name (default: smollm2-135m).")
-@click.option("--model", "model_path", metavar="PATH", help="A local GGUF file (llm.path).")
+@click.option("--model", "model_path", metavar="SOURCE", help="A GGUF file, an MLX folder, OWNER/REPO/FILE.gguf or OWNER/REPO.")
 @click.option("--backend", type=click.Choice(["auto", "mlx", "llama.cpp", "all"]), default="auto", show_default=True,
               help="all: every installed backend on the same model (MLX imports the GGUF).")
 @click.option("-p", "--n-prompt", default="512", show_default=True, help="Prompt-processing tests ppN (comma list).")
