@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
 import sys
 import time
@@ -35,7 +34,6 @@ CACHE_VERSION = "v1"
 MANIFEST = "mlxgen-manifest.json"
 GGUF_RECIPE = 1  # bump when the GGUF import writes different weights for the same file
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]
-STALE_TMP_S = 6 * 3600
 
 
 def cache_root() -> Path:
@@ -178,8 +176,6 @@ def _cached(final: Path, build: Callable[[Path], None], describe: dict) -> Path:
         raise ModelError(f"{final}: exists and holds something else; choose a new --out folder")
     if final.exists():
         say(f"mlxgen: cached MLX model {final} cannot be trusted ({problem}): rebuilding it")
-    if in_cache:
-        _sweep_stale(final)
     t0 = time.perf_counter()
     with atomic_dir(final) as tmp:
         build(tmp)
@@ -189,14 +185,6 @@ def _cached(final: Path, build: Callable[[Path], None], describe: dict) -> Path:
     size = sum(files.values())
     say(f"mlxgen: MLX model ready in {time.perf_counter() - t0:.1f}s: {final} ({size / 2**20:.0f} MiB)")
     return final
-
-
-def _sweep_stale(final: Path) -> None:
-    """Remove temp folders that interrupted builds of this entry left behind."""
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        with contextlib.suppress(OSError):
-            if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -3,16 +3,26 @@
 Root: ``$MLXGEN_CACHE`` or ``~/.cache/mlxgen``. An entry is built in a temporary
 folder beside its final place and renamed into place only when complete, so an
 interrupted build leaves nothing that a later run would trust.
+
+Temporary names carry the writer's pid and host (``.<name>.tmp-<pid>-<host>-<random>``):
+what a killed writer left behind is removed by the next write of the same name, while
+a build that is still running in another process is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
+
+STALE_TMP_S = 6 * 3600  # a temp sibling this old is removed whoever wrote it
 
 
 def cache_root() -> Path:
@@ -24,11 +34,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` all or nothing: a temp file beside it, fsynced, renamed.
 
     A process killed mid-write leaves the old file (or none) and at most a
-    ``.tmp-*`` sibling, never a truncated ``path``. Raises OSError.
+    ``.tmp-*`` sibling (removed by the next write of ``path``), never a truncated
+    ``path``. The file gets the mode a plain ``open`` would give it. Raises OSError.
     """
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.tmp-")
+    folder, name = os.path.split(os.path.abspath(path))
+    sweep_tmp(Path(folder), name)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(name))
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes it 0600; the user's file gets the usual mode
+            os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -44,7 +59,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder; on success it replaces ``final``, on any error it is removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    sweep_tmp(final.parent, final.name)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name)))
     try:
         yield tmp
         if final.exists():
@@ -53,3 +69,57 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.tmp-{os.getpid()}-{_host()}-"
+
+
+def _mode_for(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777  # replacing a file keeps its mode
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would end it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def sweep_tmp(folder: Path, name: str) -> list[Path]:
+    """Remove the temp siblings of ``name`` that a dead writer left (or any older than 6 hours)."""
+    removed = []
+    pattern = re.compile(rf"\.{re.escape(name)}\.tmp-(\d+)-([0-9a-f]{{8}})-")
+    with contextlib.suppress(OSError):
+        for tmp in folder.glob(f".{_glob_escape(name)}.tmp-*"):
+            m = pattern.match(tmp.name)
+            with contextlib.suppress(OSError):
+                if m and m.group(2) == _host():  # ours: removable once its writer is gone
+                    stale = int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+                else:  # another host's (a shared cache) or an older naming: only when old
+                    stale = time.time() - tmp.lstat().st_mtime > STALE_TMP_S
+                if stale:
+                    if tmp.is_dir() and not tmp.is_symlink():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    else:
+                        tmp.unlink()
+                    removed.append(tmp)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?[])", r"[\1]", name)
