@@ -32,7 +32,7 @@ from mlxgen.errors import ModelError
 
 CACHE_VERSION = "v1"
 MANIFEST = "mlxgen-manifest.json"
-GGUF_RECIPE = 1  # bump when the GGUF import writes different weights for the same file
+GGUF_RECIPE = 2  # bump when the GGUF import writes different weights or config for the same file (2: mlxgen_import)
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]
 
 
