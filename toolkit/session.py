@@ -138,7 +138,22 @@ def prompt_spec(cfg: Config, tokenizer: Tokenizer) -> chat.PromptSpec:
     )
 
 
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                   "*.jinja"]
+
+
 def open_tokenizer(cfg: Config, choice: hardware.Choice) -> Tokenizer:
-    """The tokenizer a run on ``choice`` uses, without loading the model."""
-    weights = backends.load_module(choice.backend).prepare(cfg)
-    return load_tokenizer(cfg, weights)
+    """The tokenizer a run on ``choice`` uses, without loading, converting or downloading the weights.
+
+    The same files ``prepare`` + ``load_tokenizer`` end up reading: an MLX conversion
+    copies its repo's tokenizer files, and a GGUF import writes the GGUF's own vocabulary.
+    """
+    configured = sources.resolve_tokenizer_file(cfg.tokenizer)
+    if configured is not None:
+        return Tokenizer.from_json(configured)
+    mlx = cfg.llm.mlx
+    if choice.backend == "mlx" and mlx.path:
+        return Tokenizer.from_json(Path(mlx.path).expanduser() / "tokenizer.json")
+    if choice.backend == "mlx" and mlx.repo:
+        return Tokenizer.from_json(sources.hf_snapshot(mlx.repo, mlx.revision, TOKENIZER_FILES) / "tokenizer.json")
+    return Tokenizer.from_gguf(sources.resolve_gguf(cfg.llm))
