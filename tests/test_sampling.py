@@ -288,5 +288,18 @@ def test_edge_values_are_accepted(params):
 def test_a_temperature_too_small_to_divide_by_is_refused(temperature):
     with pytest.raises(ConfigError, match="temperature"):
         make_sampler(SamplingParams(temperature=temperature))
-    with pytest.raises(ConfigError, match=r"inference.temperature: .* 0 \(greedy\) or >= 1e-6"):
+    with pytest.raises(ConfigError, match=r"inference.temperature: .* 0 \(greedy\) or a finite number >= 1e-6"):
         load_config(None, {"inference.temperature": temperature})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("temperature", float("inf")), ("temperature", float("nan")), ("temperature", "0.2"), ("top_k", 2.5),
+     ("top_k", True), ("seed", -1), ("seed", "abc"), ("repetition_context", 2.5), ("repetition_penalty", float("inf"))],
+)
+def test_one_rule_refuses_bad_types_and_values_everywhere(field, value):
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        make_sampler(SamplingParams(**{field: value}))
+    if not isinstance(value, str):  # the config loader checks types itself first
+        with pytest.raises(ConfigError, match=f"^inference.{field}: "):
+            load_config(None, {f"inference.{field}": value})

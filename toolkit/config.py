@@ -107,16 +107,8 @@ class InferenceConfig:
 
     def validate(self, key: str) -> None:
         _check(self.max_length > 0, f"{key}.max_length", self.max_length, "a positive integer")
-        _check(self.temperature == 0 or self.temperature >= 1e-6, f"{key}.temperature", self.temperature,
-               "0 (greedy) or >= 1e-6")
-        _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "in (0, 1]")
-        _check(self.top_k >= 0, f"{key}.top_k", self.top_k, ">= 0 (0 = off)")
-        _check(0 <= self.min_p < 1, f"{key}.min_p", self.min_p, "in [0, 1)")
-        _check(self.repetition_penalty > 0, f"{key}.repetition_penalty", self.repetition_penalty, "> 0 (1 = off)")
-        _check(self.repetition_context > 0, f"{key}.repetition_context", self.repetition_context, "a positive integer")
+        check_sampling({name: getattr(self, name) for name in SAMPLING_RULES}, f"{key}.")
         _check(all(self.stop), f"{key}.stop", list(self.stop), "non-empty strings")
-        if self.seed is not None:
-            _check(self.seed >= 0, f"{key}.seed", self.seed, "a non-negative integer (or null: fresh randomness)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +136,33 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# One rule per sampling setting, for the config, chat's /set and /load, and make_sampler.
+SAMPLING_RULES: dict[str, tuple[Any, str]] = {
+    "temperature": (lambda v: _number(v) and (v == 0 or v >= 1e-6), "0 (greedy) or a finite number >= 1e-6"),
+    "top_k": (lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 = off)"),
+    "top_p": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "min_p": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "repetition_penalty": (lambda v: _number(v) and v > 0, "a finite number > 0 (1 = off)"),
+    "repetition_context": (lambda v: _integer(v) and v > 0, "a positive integer"),
+    "seed": (lambda v: v is None or (_integer(v) and 0 <= v < 2**63), "an integer >= 0 (or null: fresh randomness)"),
+}
+
+
+def check_sampling(values: Mapping[str, Any], prefix: str = "") -> None:
+    """Raise a ConfigError for the first sampling setting in ``values`` that breaks its rule."""
+    for name, value in values.items():
+        ok, allowed = SAMPLING_RULES[name]
+        _check(ok(value), f"{prefix}{name}", value, allowed)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

@@ -16,13 +16,14 @@ Arguments are checked once, in :func:`make_sampler`, never per token.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mlxgen.errors import ConfigError
+from mlxgen.config import check_sampling
 
 Logits = Any  # np.ndarray or mx.array, shape (vocab,)
 Processor = Callable[[Sequence[int], Logits], Logits]
@@ -42,21 +43,7 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
-        def bad(name: str, allowed: str) -> ConfigError:
-            return ConfigError(f"{name}: {getattr(self, name)!r} is not allowed; expected {allowed}")
-
-        if not (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE):
-            raise bad("temperature", "0 (greedy) or >= 1e-6")
-        if not self.top_k >= 0:
-            raise bad("top_k", ">= 0 (0 = off)")
-        if not 0 < self.top_p <= 1:
-            raise bad("top_p", "in (0, 1]")
-        if not 0 <= self.min_p < 1:
-            raise bad("min_p", "in [0, 1)")
-        if not self.repetition_penalty > 0:
-            raise bad("repetition_penalty", "> 0 (1 = off)")
-        if not self.repetition_context > 0:
-            raise bad("repetition_context", "a positive integer")
+        check_sampling(dataclasses.asdict(self))
 
     @property
     def greedy(self) -> bool:
