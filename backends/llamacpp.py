@@ -9,6 +9,7 @@ Sampling stays in mlxgen's shared loop.
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,8 @@ import llama_cpp
 import numpy as np
 
 from mlxgen.config import Config
-from mlxgen.errors import ModelError
+from mlxgen.errors import ConfigError, ModelError
+from mlxgen import gguf_check
 from mlxgen.gguf_check import check as check_gguf
 from mlxgen.hardware import Choice
 from mlxgen.sources import resolve_gguf
@@ -29,8 +31,22 @@ def prepare(cfg: Config) -> Path:
     corrupt file is one clear line instead of a crash or a hang inside llama.cpp's loader.
     """
     path = resolve_gguf(cfg.llm)
-    check_gguf(path)
+    info = check_gguf(path)
+    gguf_check.check_model(path, info)
+    need, have = gguf_check.kv_cache_bytes(info, cfg.llm.n_ctx), _total_memory()
+    if need and have and need > have:
+        raise ConfigError(
+            f"llm.n_ctx: {cfg.llm.n_ctx} positions need {need / 2**30:.1f} GiB of KV cache for {path.name}, "
+            f"more than this machine's {have / 2**30:.1f} GiB of memory; lower --ctx"
+        )
     return path
+
+
+def _total_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def load(weights: Path, cfg: Config, choice: Choice) -> "LlamaCppBackend":

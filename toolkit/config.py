@@ -78,9 +78,12 @@ class LLMConfig:
     _aliases = {"revision": "branch"}
 
     def validate(self, key: str) -> None:
-        _check(self.n_ctx > 0, f"{key}.n_ctx", self.n_ctx, "a positive integer")
+        _check(0 < self.n_ctx <= MAX_CTX, f"{key}.n_ctx", self.n_ctx, f"a positive integer up to {MAX_CTX}")
         if self.n_threads is not None:
-            _check(self.n_threads > 0, f"{key}.n_threads", self.n_threads, "a positive integer")
+            _check(0 < self.n_threads <= MAX_THREADS, f"{key}.n_threads", self.n_threads,
+                   f"a positive integer up to {MAX_THREADS}")
+        if self.n_gpu_layers is not None:
+            _check(self.n_gpu_layers >= -1, f"{key}.n_gpu_layers", self.n_gpu_layers, "-1 (all), 0 or a layer count")
         if self.package and not self.file:
             raise ConfigError(f"{key}.package: needs {key}.file, the file inside the package")
         if self.repo and not self.file and not self.mlx.repo:
@@ -144,6 +147,10 @@ def _number(v: Any) -> bool:
 
 def _integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+MAX_CTX = 2**21  # 2M positions: beyond any released model; larger values only ran out of memory
+MAX_THREADS = 1024  # llama.cpp crashed (std::bad_alloc, SIGSEGV) on 100,000
 
 
 # One rule per sampling setting, for the config, chat's /set and /load, and make_sampler.

@@ -23,7 +23,7 @@ import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxgen.errors import ModelError
@@ -36,6 +36,10 @@ MAX_ARRAY = 1 << 22  # entries in one metadata array: ~16x the largest real voca
 RESERVED_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")  # gguf.GGUFReader's own names
 MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 MIN_TENSOR_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dimension, type, offset
+
+
+SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS
 
 
 class GGUFFormatError(ModelError):
@@ -64,6 +68,8 @@ class GGUFInfo:
     file_size: int
     keys: tuple[str, ...]
     tensors: tuple[TensorInfo, ...]
+    values: dict = field(default_factory=dict)  # scalar metadata (numbers, bools, short strings)
+    arrays: dict = field(default_factory=dict)  # array metadata: key -> (entry type code, length)
 
 
 class _Bad(Exception):
@@ -101,6 +107,8 @@ class _Parser:
     def __init__(self, buf, size: int) -> None:
         self.buf, self.size, self.pos = buf, size, 0
         self.order = "<"
+        self.values: dict[str, object] = {}
+        self.arrays: dict[str, tuple[int, int]] = {}
 
     # ---------------------------------------------------------------- primitives
 
@@ -193,17 +201,23 @@ class _Parser:
                     f"({self.size} bytes; truncated?)"
                 )
             tensors.append(TensorInfo(name, type_name, shape, start, n_bytes))
-        return GGUFInfo(version, self.order, alignment, data_offset, self.size, tuple(keys), tuple(tensors))
+        return GGUFInfo(version, self.order, alignment, data_offset, self.size, tuple(keys), tuple(tensors),
+                        self.values, self.arrays)
 
     def value(self, key: str, vtype: int, sizes: dict[int, int], string_t: int, array_t: int) -> None:
         if vtype in sizes:
             self.need(sizes[vtype], f"value of {key!r}")
+            if vtype in SCALAR_FORMATS:
+                (self.values[key],) = struct.unpack_from(self.order + SCALAR_FORMATS[vtype], self.buf, self.pos)
             self.pos += sizes[vtype]
         elif vtype == string_t:
-            self.text(f"value of {key!r}")
+            text = self.text(f"value of {key!r}")
+            if len(text) <= 256:
+                self.values[key] = text
         elif vtype == array_t:
             itype = self.u32(f"array type of {key!r}")
             count = self.u64(f"array length of {key!r}")
+            self.arrays[key] = (itype, count)
             remain = self.size - self.pos
             if count > MAX_ARRAY:
                 raise _Bad(f"array {key!r} has {count} entries, more than the {MAX_ARRAY} mlxgen accepts")
@@ -263,3 +277,67 @@ class _Parser:
         if rel % alignment:
             raise _Bad(f"tensor {name!r} data offset {rel} is not a multiple of the alignment {alignment}")
         return name, qtype.name, shape, rel, n_elements // block * type_size
+
+
+def check_model(path: str | Path, info: GGUFInfo) -> None:
+    """What llama.cpp's loader trusts beyond the layout: layer and head counts that agree
+    with the tensors, a vocabulary whose arrays line up. Found by patching one value of
+    the embedded model (block_count 30 -> 100000): llama.cpp aborted the process.
+    """
+    import re
+
+    from gguf import GGUFValueType
+
+    def bad(problem: str) -> GGUFFormatError:
+        return GGUFFormatError(path, problem)
+
+    v = info.values
+    arch = v.get("general.architecture")
+    if not isinstance(arch, str):
+        raise bad("general.architecture is missing")
+
+    def number(name: str) -> int | None:
+        value = v.get(f"{arch}.{name}")
+        if value is not None and (isinstance(value, (bool, float)) or not isinstance(value, int)):
+            raise bad(f"{arch}.{name} is {value!r}, expected an integer")
+        return value
+
+    blocks = number("block_count")
+    layers = {int(m[1]) for t in info.tensors if (m := re.match(r"blk\.(\d+)\.", t.name))}
+    if blocks is not None:
+        if not 1 <= blocks <= MAX_LAYERS:
+            raise bad(f"{arch}.block_count is {blocks}, expected 1..{MAX_LAYERS}")
+        if layers and layers != set(range(blocks)):
+            raise bad(f"{arch}.block_count is {blocks} but the file has {len(layers)} layers of tensors")
+    emb, heads, kv = number("embedding_length"), number("attention.head_count"), number("attention.head_count_kv")
+    for name, value in (("attention.head_count", heads), ("attention.head_count_kv", kv), ("embedding_length", emb)):
+        if value is not None and value <= 0:
+            raise bad(f"{arch}.{name} is {value}, expected a positive count")
+    if heads and kv and heads % kv:
+        raise bad(f"{arch}.attention.head_count {heads} is not a multiple of head_count_kv {kv}")
+    if emb and heads and number("attention.key_length") is None and emb % heads:
+        raise bad(f"{arch}.embedding_length {emb} is not a multiple of attention.head_count {heads}")
+    embd = next((t for t in info.tensors if t.name == "token_embd.weight"), None)
+    if emb and embd is not None and embd.shape[0] != emb:
+        raise bad(f"token_embd.weight rows are {embd.shape[0]} wide but {arch}.embedding_length is {emb}")
+    tokens = info.arrays.get("tokenizer.ggml.tokens")
+    for key, kind in (("tokenizer.ggml.scores", GGUFValueType.FLOAT32), ("tokenizer.ggml.token_type", None)):
+        entry = info.arrays.get(key)
+        if entry is None or tokens is None:
+            continue
+        if kind is not None and entry[0] != int(kind):
+            raise bad(f"{key} holds type {entry[0]}, expected FLOAT32")
+        if entry[1] != tokens[1]:
+            raise bad(f"{key} has {entry[1]} entries but tokenizer.ggml.tokens has {tokens[1]}")
+
+
+def kv_cache_bytes(info: GGUFInfo, n_ctx: int) -> int | None:
+    """The f16 KV cache llama.cpp allocates for ``n_ctx`` positions, if the metadata says enough."""
+    v = info.values
+    arch = v.get("general.architecture")
+    blocks, emb, heads = (v.get(f"{arch}.{k}") for k in ("block_count", "embedding_length", "attention.head_count"))
+    if not all(isinstance(x, int) and x > 0 for x in (blocks, emb, heads)):
+        return None
+    kv = v.get(f"{arch}.attention.head_count_kv", heads)
+    head_dim = v.get(f"{arch}.attention.key_length", emb // heads)
+    return n_ctx * blocks * 2 * kv * head_dim * 2
