@@ -181,3 +181,14 @@ def test_run_logprobs_in_json_and_trace(env, tmp_path):
     generated = json.loads(trace.read_text())["generated"]
     assert [g["logprob"] for g in generated] == [e["logprob"] for e in entries]
     assert "--logprobs 0: expected a positive number" in one_line_error(mlxgen("run", "hi", "--logprobs", "0", env=env))
+
+
+def test_logprobs_line_up_with_tokens_when_eos_stops(env, tmp_path):
+    trace = tmp_path / "trace.json"
+    data = cli_json("run", "Say just the word yes.", "--temperature", "0", "-n", "40", "--logprobs", "2",
+                    "--trace", str(trace), env=env)
+    assert data["stop_reason"] == "eos"
+    assert [e["id"] for e in data["logprobs"]] == data["tokens"]  # same length, same ids
+    assert data["stop_logprob"]["text"] == "<|im_end|>"
+    generated = json.loads(trace.read_text())["generated"]  # the trace lists the EOS token too
+    assert [g["id"] for g in generated] == data["tokens"] + [data["stop_logprob"]["id"]]

@@ -54,3 +54,15 @@ def test_a_gguf_source_gives_the_gguf_vocabulary():
     expected = Tokenizer.from_gguf(gguf).encode(text)
     assert session.open_tokenizer(cfg, MLX).encode(text) == expected
     assert session.open_tokenizer(cfg, Choice("llama.cpp", "test")).encode(text) == expected
+
+
+@pytest.mark.parametrize("prefix_space, chunkable", [(False, True), (True, False)])
+def test_big_inputs_are_cut_only_where_that_changes_no_id(prefix_space, chunkable):
+    """A ByteLevel pre-tokenizer that adds a prefix space would add one to every chunk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mlxgen import tokens
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
+    assert tokens.chunkable(tok) is chunkable

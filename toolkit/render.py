@@ -87,7 +87,13 @@ def stats(sess, done: Done) -> None:
 
 
 def result_dict(sess, plan, done: Done, prompt_ids: list[int], logprobs: list[dict] | None = None) -> dict:
-    extra = {"logprobs": logprobs} if logprobs is not None else {}
+    """``logprobs`` line up with ``tokens``; the EOS token that ended generation (not in
+    ``tokens``) gets its entry as ``stop_logprob``."""
+    extra = {}
+    if logprobs is not None:
+        extra["logprobs"] = logprobs[: len(done.tokens)]
+        if done.stop_token is not None and len(logprobs) > len(done.tokens):
+            extra["stop_logprob"] = logprobs[len(done.tokens)]
     return {
         "text": done.text,
         "tokens": done.tokens,

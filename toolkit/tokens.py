@@ -66,7 +66,8 @@ def chunkable(hf) -> bool:
     """Byte-level pre-tokenizing and no normalizer: cutting at the boundaries changes no id."""
     spec = json.loads(hf.to_str())
     pre = json.dumps(spec.get("pre_tokenizer"))
-    return spec.get("normalizer") is None and "ByteLevel" in pre and "Metaspace" not in pre
+    prefix_space = re.search(r'"add_prefix_space": true', pre) is not None  # would add a space to every chunk
+    return spec.get("normalizer") is None and "ByteLevel" in pre and "Metaspace" not in pre and not prefix_space
 
 
 def split(text: str, size: int = CHUNK_CHARS) -> list[str]:
