@@ -65,6 +65,19 @@ def test_next_write_removes_what_a_killed_writer_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "entry", "out.json"])
 
 
+def test_two_builds_of_one_entry_keep_the_first_finished_and_rebuilds_replace_whole(tmp_path):
+    entry = tmp_path / "entry"
+    with cache.atomic_dir(entry) as tmp:
+        (tmp / "weights").write_text("mine")
+        entry.mkdir()  # meanwhile another process finished the same entry (renamed in whole)
+        (entry / "weights").write_text("theirs")
+    assert (entry / "weights").read_text() == "theirs"  # kept: a reader may be loading it
+    with cache.atomic_dir(entry) as tmp:  # the entry existed (damaged, say): this build replaces it
+        (tmp / "weights").write_text("rebuilt")
+    assert [p.name for p in entry.iterdir()] == ["weights"] and (entry / "weights").read_text() == "rebuilt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # no temp folder left
+
+
 def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     old = os.umask(0o022)
     try:

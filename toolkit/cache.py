@@ -57,15 +57,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces ``final``, on any error it is removed."""
+    """Yield a temp folder; on success it replaces ``final``, on any error it is removed.
+
+    Two processes may build the same entry at once. If ``final`` did not exist when
+    this build started but does now, another build finished first: its entry is kept
+    and this one dropped. An entry that existed (a damaged one being rebuilt) is renamed
+    aside before this one is renamed in, so ``final`` is never half old, half new.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_tmp(final.parent, final.name)
+    existed = final.exists()
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name)))
     try:
         yield tmp
+        if final.exists() and not existed:
+            return  # another process finished the same entry first
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name)))
+            os.replace(final, old)  # an empty folder is replaced atomically
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.exists():
+                raise  # a concurrent build that landed in between keeps its entry
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
