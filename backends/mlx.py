@@ -169,7 +169,7 @@ class MLXBackend:
         if all(int(c.offset) <= n_tokens for c in self.cache):
             return
         if not can_trim_prompt_cache(self.cache):
-            raise ModelError("this model's MLX cache cannot be trimmed (sliding window); start a new session")
+            raise ModelError("this model's MLX cache cannot be trimmed (sliding window); start over with /reset")
         for c in self.cache:  # each layer to n_tokens, even if an interrupted pass left them apart
             c.trim(max(0, int(c.offset) - n_tokens))
 

@@ -184,6 +184,29 @@ def test_interrupted_answer_is_kept_and_the_cache_stays_consistent():
     cache_is_true(conv, backend)
 
 
+class PrefillInterrupted(RecordingBackend):
+    """Ctrl-C lands during the prefill of the first turn, after half the prompt was cached."""
+
+    def prefill(self, ids):
+        if self.interrupt_at == 0:
+            self.interrupt_at = None
+            self.cache += [int(i) for i in ids[: len(ids) // 2]]
+            raise KeyboardInterrupt
+        return super().prefill(ids)
+
+
+def test_ctrl_c_before_any_text_keeps_no_empty_turn():
+    conv, _ = make_conv()
+    backend = PrefillInterrupted(conv.sess.backend.tok, interrupt_at=0)
+    conv.sess.backend = backend
+    t = conv.turn("Tell me", drain)
+    assert (t.done.reason, t.done.text, conv.messages) == ("interrupted", "", [])
+    cache_is_true(conv, backend)
+    t2 = conv.turn("Tell me", drain)  # the same question again: a clean first turn
+    assert (t2.done.reason, t2.done.text) == ("eos", "ok") and len(conv.messages) == 2
+    cache_is_true(conv, backend)
+
+
 def test_context_full_is_refused_before_touching_the_cache():
     conv, backend = make_conv(n_ctx=90)
     conv.turn("Hello", drain)

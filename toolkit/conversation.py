@@ -97,10 +97,11 @@ class Conversation:
         sample = self.sess.sampler(self.params)
         done = consume(self.sess.generate(ids, cached=reused, max_tokens=self.max_length, sample=sample))
         self._cached = ids + [tid for tid, _ in done.trace]
-        self.messages = self.messages + [
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": done.text},
-        ]
+        if not (done.reason == "interrupted" and not done.text):  # Ctrl-C before any text: no turn to keep
+            self.messages = self.messages + [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": done.text},
+            ]
         turn = Turn(done, reused, len(ids) - reused)
         self.turns.append(turn)
         return turn
