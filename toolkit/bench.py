@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 from mlxgen import __version__, hardware
 from mlxgen.config import Config
 from mlxgen.errors import ConfigError, MlxgenError
-from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent
+from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent, prefill
 
 Clock = Callable[[], float]
 Stream = Callable[[list[int], int, int], Iterable]  # (ids, cached, n) -> tokens; the untimed setup runs in the call
@@ -206,9 +206,8 @@ def mlxgen_stream(sess) -> Stream:
 
     def stream(ids: list[int], cached: int, n: int) -> Iterator[int]:
         backend.trim(0)
-        chunk = getattr(backend, "prefill_chunk", PREFILL_CHUNK)
-        for start in range(0, cached, chunk):  # the depth, chunked as the loop prefills
-            backend.prefill(ids[start : min(cached, start + chunk)])
+        if cached:
+            prefill(backend, ids[:cached])  # the depth, chunked as the loop prefills
         return tokens(sess.generate(ids, ignore_eos=True, max_tokens=n, cached=cached))
 
     def tokens(events) -> Iterator[int]:

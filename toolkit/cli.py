@@ -292,6 +292,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
     facts = probe_hardware()
     from mlxgen import logits as logmod
     from mlxgen import session
+    from mlxgen.loop import prefill
 
     message = read_prompt(prompt)
     sess = session.open_session(cfg, session.plan(cfg, facts).choice)
@@ -300,7 +301,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
         if len(ids) >= sess.backend.n_ctx:
             raise PromptError(f"the prompt is {len(ids)} tokens but the context holds {sess.backend.n_ctx}")
         ops = getattr(sess.backend, "sampling_ops", None) or _numpy_ops()
-        values = logmod.to_numpy(sess.backend.prefill(ids), ops)
+        values = logmod.to_numpy(prefill(sess.backend, ids), ops)
     finally:
         sess.close()
     data = logmod.inspect(values, session.sampling_params(cfg), ids, sess.tokenizer, top)

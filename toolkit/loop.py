@@ -74,6 +74,20 @@ class Done:
 Event = Union[TokenEvent, Done]
 
 
+def prefill(backend: Backend, prompt: Sequence[int], cached: int = 0, chunk: int | None = None):
+    """Run ``prompt[cached:]`` through the cache in chunks; the last position's logits.
+
+    Chunks of ``chunk`` tokens (else the backend's ``prefill_chunk``, else 512); a
+    backend with ``extend`` fills the cache without computing logits for all but the last.
+    """
+    chunk = chunk or getattr(backend, "prefill_chunk", PREFILL_CHUNK)
+    starts = range(cached, len(prompt), chunk)
+    extend = getattr(backend, "extend", None)
+    for start in starts[:-1]:
+        (extend or backend.prefill)(prompt[start : start + chunk])
+    return backend.prefill(prompt[starts[-1] : starts[-1] + chunk])
+
+
 def token_stream(
     backend: Backend,
     prompt: Sequence[int],
@@ -91,15 +105,7 @@ def token_stream(
     current token is handed out, so the device works while Python streams text.
     """
     history = list(prompt)
-    chunk = prefill_chunk or getattr(backend, "prefill_chunk", PREFILL_CHUNK)
-    starts = range(cached, len(prompt), chunk)
-    extend = getattr(backend, "extend", None)  # cache only, no logits: for all chunks but the last
-    for start in starts:
-        if extend is not None and start != starts[-1]:
-            extend(prompt[start : start + chunk])
-        else:
-            logits = backend.prefill(prompt[start : start + chunk])
-    token = sample(history, logits)
+    token = sample(history, prefill(backend, prompt, cached, prefill_chunk))
     if on_prefilled:
         on_prefilled()
     lookahead = getattr(backend, "pipelined", False) and not getattr(sample, "needs_history", True)
