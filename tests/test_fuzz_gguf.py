@@ -334,3 +334,34 @@ def test_a_context_whose_kv_cache_cannot_fit_in_memory_is_refused_before_loading
     assert gguf_check.kv_cache_bytes(info, 2048) == 2048 * 30 * 2 * 3 * 64 * 2  # 45 MiB, as llama.cpp reports
     with pytest.raises(ConfigError, match=r"llm.n_ctx: 2000000 positions need 42.9 GiB of KV cache for Smol"):
         llamacpp.prepare(load_config(None, {"llm.n_ctx": 2_000_000}))
+
+
+def _fuzz_case(corpus, seed: int, i: int, tmp_path) -> Path:
+    """Rebuild the corrupted file the fuzzer made for case ``i`` of ``seed``."""
+    bases = [(path, data) for path, data, _ in corpus.values()]  # build order, as the fuzz workers see it
+    by_path = {path: layout for path, _, layout in corpus.values()}
+    rng = random.Random(f"{seed}:{i}")
+    base, data = rng.choice(bases)
+    corrupt, _ = fuzz.mutate(data, *by_path[base], rng)
+    out = tmp_path / f"case-{seed}-{i}.gguf"
+    out.write_bytes(corrupt)
+    return out
+
+
+def test_found_by_loading_in_llama_cpp_duplicate_tokens(tmp_path, corpus):
+    """`fuzz.py gguf --llama`, seed 1 case 2876: a flipped byte made two vocabulary entries equal;
+    llama.cpp asserted (id_to_token.size() == token_to_id.size()) and aborted the process."""
+    path = _fuzz_case(corpus, 1, 2876, tmp_path)
+    assert "entries #190 and #191 are the same token" in rejected(path)
+
+
+def test_found_by_loading_in_llama_cpp_a_broken_chat_template(tmp_path, corpus):
+    """Seed 1 case 415: a damaged chat template; llama-cpp-python compiles it while loading and raised
+    jinja2.TemplateSyntaxError through mlxgen (a traceback)."""
+    pytest.importorskip("llama_cpp")
+    from mlxgen.backends.llamacpp import LlamaCppBackend
+
+    path = _fuzz_case(corpus, 1, 415, tmp_path)
+    gguf_check.check_model(path, gguf_check.check(path))  # structurally fine
+    with pytest.raises(ModelError, match="its chat template is not valid Jinja"):
+        LlamaCppBackend(path, n_ctx=64, n_threads=1, n_batch=64)

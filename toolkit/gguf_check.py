@@ -228,7 +228,10 @@ class _Parser:
             elif itype == string_t:
                 if count > remain // 8:
                     raise _Bad(f"array {key!r} claims {count} strings but only {remain} bytes remain")
+                start = self.pos
                 self.skip_strings(key, count)
+                if key == "tokenizer.ggml.tokens":
+                    self.unique_strings(key, start, count)
             else:
                 what = "nested arrays are not supported" if itype == array_t else "unknown type code"
                 raise _Bad(f"array {key!r} has entry type {itype} ({what})")
@@ -248,6 +251,17 @@ class _Parser:
         if pos > self.size:
             raise _Bad(f"array {key!r}: string #{i} runs past the end of the file")
         self.pos = pos
+
+    def unique_strings(self, key: str, pos: int, count: int) -> None:
+        """llama.cpp asserts that no two vocabulary entries are the same string (and aborts)."""
+        unpack = struct.Struct(self.order + "Q").unpack_from
+        seen: dict[bytes, int] = {}
+        for i in range(count):
+            n = unpack(self.buf, pos)[0]
+            token = self.buf[pos + 8 : pos + 8 + n]
+            if seen.setdefault(token, i) != i:
+                raise _Bad(f"array {key!r}: entries #{seen[token]} and #{i} are the same token {token[:40]!r}")
+            pos += 8 + n
 
     def tensor_info(self, i: int, alignment: int) -> tuple[str, str, tuple[int, ...], int, int]:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
