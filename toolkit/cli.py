@@ -206,13 +206,7 @@ def logprob_recorder(sess, k: int):
 
     if k > sess.backend.vocab_size:
         raise MlxgenError(f"--logprobs {k}: the vocabulary has only {sess.backend.vocab_size} tokens")
-    return LogprobRecorder(sess.sampler(), k, getattr(sess.backend, "sampling_ops", None) or _numpy_ops())
-
-
-def _numpy_ops():
-    from mlxgen.sampling import NUMPY
-
-    return NUMPY
+    return LogprobRecorder(sess.sampler(), k, sess.ops)
 
 
 # ------------------------------------------------------- chat, tokens, logits
@@ -292,16 +286,14 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
     facts = probe_hardware()
     from mlxgen import logits as logmod
     from mlxgen import session
-    from mlxgen.loop import prefill
+    from mlxgen.loop import check_prompt, prefill
 
     message = read_prompt(prompt)
     sess = session.open_session(cfg, session.plan(cfg, facts).choice)
     try:
         _, ids = sess.prompt(message)
-        if len(ids) >= sess.backend.n_ctx:
-            raise PromptError(f"the prompt is {len(ids)} tokens but the context holds {sess.backend.n_ctx}")
-        ops = getattr(sess.backend, "sampling_ops", None) or _numpy_ops()
-        values = logmod.to_numpy(prefill(sess.backend, ids), ops)
+        check_prompt(ids, sess.backend.n_ctx)
+        values = logmod.to_numpy(prefill(sess.backend, ids), sess.ops)
     finally:
         sess.close()
     data = logmod.inspect(values, session.sampling_params(cfg), ids, sess.tokenizer, top)

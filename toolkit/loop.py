@@ -121,6 +121,16 @@ def token_stream(
         token = queued if lookahead else sample(history, backend.step(tid))
 
 
+def check_prompt(prompt: Sequence[int], n_ctx: int) -> None:
+    """A prompt must have a token and leave room in the context for one more."""
+    if not prompt:
+        raise PromptError("the prompt is empty")
+    if len(prompt) >= n_ctx:
+        raise PromptError(
+            f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}: shorten it or raise llm.n_ctx (--ctx)"
+        )
+
+
 def generate(
     backend: Backend,
     prompt: Sequence[int],
@@ -141,13 +151,7 @@ def generate(
     Ctrl-C (KeyboardInterrupt, raised inside or thrown in at a yield) ends the stream
     with reason ``interrupted`` and the text so far.
     """
-    if not prompt:
-        raise PromptError("the prompt is empty")
-    if len(prompt) >= backend.n_ctx:
-        raise PromptError(
-            f"the prompt is {len(prompt)} tokens but the context holds {backend.n_ctx}: "
-            "shorten it or raise llm.n_ctx (--ctx)"
-        )
+    check_prompt(prompt, backend.n_ctx)
     if not 0 <= cached < len(prompt):
         raise ValueError(f"cached={cached}: at least one of the {len(prompt)} prompt tokens must be new")
     room = backend.n_ctx - len(prompt)

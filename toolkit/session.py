@@ -81,10 +81,14 @@ class Session:
         text = chat.render(self.template, message, self.tokenizer.special)
         return text, self.tokenizer.encode(text)
 
+    @property
+    def ops(self):
+        """The array ops the sampler runs on: the backend's own (MLX) or numpy."""
+        return getattr(self.backend, "sampling_ops", NUMPY)
+
     def sampler(self, params: SamplingParams | None = None):
         """A fresh sampler for this backend's arrays (the config's settings by default)."""
-        ops = getattr(self.backend, "sampling_ops", NUMPY)
-        return make_sampler(params or sampling_params(self.cfg), ops=ops)
+        return make_sampler(params or sampling_params(self.cfg), ops=self.ops)
 
     def generate(
         self,
