@@ -23,14 +23,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import platform
-import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from mlxgen import __version__, hardware
+from mlxgen import __version__, hardware, render
 from mlxgen.config import Config
 from mlxgen.errors import ConfigError, MlxgenError
 from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent, prefill
@@ -402,28 +400,26 @@ def reset_peak_rss() -> None:
         pass
 
 
-def current_rss() -> int | None:
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; None off Linux."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
     return None
 
 
+def current_rss() -> int | None:
+    return _proc_status_bytes("VmRSS")
+
+
 def peak_rss() -> tuple[int | None, str]:
     """(peak resident bytes, scope): since the last reset on Linux, else the process's peak."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "backend"
-    except (OSError, ValueError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak if sys.platform == "darwin" else peak * 1024), "process"
+    peak = _proc_status_bytes("VmHWM")
+    return (peak, "backend") if peak is not None else (render.process_peak_bytes(), "process")
 
 
 def environment(facts: hardware.Facts, names: list[str]) -> dict:

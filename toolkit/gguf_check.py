@@ -228,40 +228,36 @@ class _Parser:
             elif itype == string_t:
                 if count > remain // 8:
                     raise _Bad(f"array {key!r} claims {count} strings but only {remain} bytes remain")
-                start = self.pos
-                self.skip_strings(key, count)
-                if key == "tokenizer.ggml.tokens":
-                    self.unique_strings(key, start, count)
+                self.skip_strings(key, count, unique=key == "tokenizer.ggml.tokens")
             else:
                 what = "nested arrays are not supported" if itype == array_t else "unknown type code"
                 raise _Bad(f"array {key!r} has entry type {itype} ({what})")
         else:
             raise _Bad(f"metadata {key!r} has unknown value type {vtype}")
 
-    def skip_strings(self, key: str, count: int) -> None:
-        """Walk ``count`` length-prefixed strings; the hot loop for a 50k-token vocabulary."""
+    def skip_strings(self, key: str, count: int, unique: bool = False) -> None:
+        """Walk ``count`` length-prefixed strings; the hot loop for a 50k-token vocabulary.
+
+        ``unique``: also refuse two equal strings (llama.cpp asserts that no two vocabulary
+        entries are the same and aborts the process).
+        """
         unpack = struct.Struct(self.order + "Q").unpack_from
         buf, pos, i = self.buf, self.pos, 0
+        seen: dict[bytes, int] = {}
         try:
             for i in range(count):
-                pos += 8 + unpack(buf, pos)[0]
+                n = unpack(buf, pos)[0]
+                if unique:
+                    token = buf[pos + 8 : pos + 8 + n]
+                    if seen.setdefault(token, i) != i and pos + 8 + n <= self.size:
+                        raise _Bad(f"array {key!r}: entries #{seen[token]} and #{i} are the same token {token[:40]!r}")
+                pos += 8 + n
         except (struct.error, OverflowError):  # string i starts past the end: string i-1 was too long
             i = i - 1 if i and pos > self.size - 8 else i
             pos = self.size + 1
         if pos > self.size:
             raise _Bad(f"array {key!r}: string #{i} runs past the end of the file")
         self.pos = pos
-
-    def unique_strings(self, key: str, pos: int, count: int) -> None:
-        """llama.cpp asserts that no two vocabulary entries are the same string (and aborts)."""
-        unpack = struct.Struct(self.order + "Q").unpack_from
-        seen: dict[bytes, int] = {}
-        for i in range(count):
-            n = unpack(self.buf, pos)[0]
-            token = self.buf[pos + 8 : pos + 8 + n]
-            if seen.setdefault(token, i) != i:
-                raise _Bad(f"array {key!r}: entries #{seen[token]} and #{i} are the same token {token[:40]!r}")
-            pos += 8 + n
 
     def tensor_info(self, i: int, alignment: int) -> tuple[str, str, tuple[int, ...], int, int]:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType

@@ -65,9 +65,14 @@ def stream(events: Iterator[Event], echo: bool = True) -> Done:
             pending = events.throw(KeyboardInterrupt)
 
 
-def peak_memory_mb() -> float:
+def process_peak_bytes() -> int:
+    """The process's peak resident memory (ru_maxrss: bytes on macOS, KiB on Linux)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_memory_mb() -> float:
+    return process_peak_bytes() / 2**20
 
 
 def _fmt(value: float | None, spec: str) -> str:
