@@ -8,6 +8,7 @@ make a *scripted* token sequence come out under greedy sampling.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Callable, Iterable, Sequence
 
@@ -236,6 +237,38 @@ def run(gen) -> tuple[list[TokenEvent], Done]:
 
 def streamed(tokens: Sequence[TokenEvent]) -> str:
     return "".join(e.text for e in tokens)
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for mlxgen runs: a fresh cache for the test module, and no network."""
+    return {"MLXGEN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module", name="env")
+def _env(cache_env) -> dict[str, str]:
+    """The same, under the name the chat, inspect and MLX CLI tests use."""
+    return cache_env
+
+
+@contextlib.contextmanager
+def open_sessions(env: dict[str, str], names: Sequence[str], **overrides):
+    """Real sessions on the default config, one per backend name, in ``env``; closed after."""
+    from mlxgen import session
+    from mlxgen.config import load_config
+
+    opened = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        try:
+            for name in names:
+                cfg = load_config(None, {"backend": name, **overrides})
+                opened[name] = session.open_session(cfg, session.plan(cfg).choice)
+            yield opened
+        finally:
+            for s in opened.values():
+                s.close()
 
 
 @pytest.fixture

@@ -19,11 +19,6 @@ from test_cli import mlxgen, one_line_error  # noqa: E402
 pytestmark = pytest.mark.llamacpp
 
 
-@pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    return {"MLXGEN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
-
-
 def test_bench_measures_against_native_baseline(cache_env, tmp_path):
     plot = tmp_path / "bench.png"
     proc = mlxgen("bench", "--vs-native", "-p", "16", "-n", "8", "-r", "2", "--warmup", "0", "-o", "json",

@@ -20,11 +20,6 @@ pytestmark = pytest.mark.llamacpp
 Q1, Q2 = "Name a color.", "And another one?"
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {"MLXGEN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
-
-
 def chat_json(lines: str, *args: str, env: dict) -> tuple[list[dict], subprocess.CompletedProcess]:
     proc = mlxgen("chat", "--json", "--temperature", "0", *args, input=lines.encode(), env=env)
     assert "Traceback" not in proc.stderr.decode(), proc.stderr.decode()

@@ -44,11 +44,6 @@ def one_line_error(proc) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    return {"MLXGEN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
-
-
 def test_run_streams_text_to_stdout_and_stats_to_stderr(cache_env):
     proc = mlxgen("run", PROMPT, "--temperature", "0", "-n", "24", env=cache_env)
     assert proc.returncode == 0, proc.stderr.decode()

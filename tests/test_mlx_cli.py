@@ -17,11 +17,6 @@ pytestmark = pytest.mark.mlx
 GGUF = Path(smollm.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {"MLXGEN_CACHE": str(tmp_path_factory.mktemp("mlxcache")), "HF_HUB_OFFLINE": "1"}
-
-
 def test_run_on_mlx_matches_llamacpp_greedy_start(env):
     # A prompt whose next tokens are far from any near-tie: on a chat prompt the two backends
     # can flip a 0.15 / 0.14 top-2 (llama.cpp rounds activations to 8 bits on the CPU).
