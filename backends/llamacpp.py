@@ -52,7 +52,7 @@ def _total_memory() -> int | None:
 
 def load(weights: Path, cfg: Config, choice: Choice) -> "LlamaCppBackend":
     n_threads = cfg.llm.n_threads or choice.n_threads
-    n_gpu_layers = cfg.llm.n_gpu_layers if cfg.llm.n_gpu_layers is not None else choice.n_gpu_layers
+    n_gpu_layers = cfg.llm.n_gpu_layers if cfg.llm.n_gpu_layers is not None else (-1 if choice.gpu else 0)
     return LlamaCppBackend(weights, n_ctx=cfg.llm.n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
 
 
@@ -83,7 +83,7 @@ class LlamaCppBackend:
         offload = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         layers = "all layers" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
         self.device = f"gpu ({layers}), {n_threads} threads" if offload else f"cpu ({n_threads} threads)"
-        self.n_threads = n_threads
+        self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
         self._ctx = self._llm.ctx
         self._logits_t = ctypes.POINTER(ctypes.c_float * self.vocab_size)
 
@@ -124,10 +124,18 @@ class LlamaCppBackend:
         llama_cpp.llama_synchronize(self._ctx)
 
     def describe(self) -> dict:
-        """What llama-bench prints in its model, size and params columns."""
+        """What llama-bench prints in its model, size, params, threads and ngl columns."""
         model = self._llm._model
         build = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-        return {"model": model.desc(), "size_bytes": int(model.size()), "params": int(model.n_params()), "build": build}
+        return {"model": model.desc(), "size_bytes": int(model.size()), "params": int(model.n_params()), "build": build,
+                "threads": self.n_threads, "n_gpu_layers": self.n_gpu_layers}
+
+    def peak_memory(self) -> None:
+        """llama.cpp keeps no allocator peak of its own (bench reports RSS)."""
+        return None
+
+    def reset_peak_memory(self) -> None:
+        pass
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None

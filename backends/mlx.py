@@ -2,7 +2,7 @@
 
 Forward passes only, as lazy ``mx.array`` logits: the shared sampler runs on them with
 MLX ops (``sampling_ops``), so a whole decode step (model + sampling) is one graph.
-With ``pipelined = True`` the loop queues step n+1 with ``schedule`` (``mx.async_eval``)
+As a ``base.Pipelined`` backend the loop queues step n+1 with ``schedule`` (``mx.async_eval``)
 before it hands token n to Python, as ``mlx_lm.generate.generate_step`` does.
 Weights come from ``prepare``: an MLX folder, a converted Hub repo, or an imported GGUF
 (all cached by ``mlxgen.backends.mlx_convert``).
@@ -18,7 +18,7 @@ import mlx.core as mx
 from mlxgen.backends import mlx_convert
 from mlxgen.backends.mlx_sampling import MLX
 from mlxgen.config import Config
-from mlxgen.errors import ModelError
+from mlxgen.errors import ModelError, first_line
 from mlxgen.hardware import Choice
 
 CLEAR_EVERY = 256  # steps between mx.clear_cache() calls (as mlx-lm)
@@ -78,8 +78,7 @@ def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBacken
     except FileNotFoundError as e:
         raise ModelError(f"{weights}: {e}") from None
     except (ValueError, KeyError, TypeError) as e:  # unknown model type, config keys missing or wrong
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{weights}: mlx-lm cannot load this model ({first})") from None
+        raise ModelError(f"{weights}: mlx-lm cannot load this model ({first_line(e)})") from None
     backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
     backend.config = config
     return backend
@@ -96,8 +95,7 @@ def _vocab_size(model, config: dict) -> int:
 class MLXBackend:
     name = "mlx"
     prefill_chunk = PREFILL_CHUNK
-    pipelined = True  # the loop may queue the next step before using this one
-    sampling_ops = MLX
+    sampling_ops = MLX  # base.Pipelined: the loop may queue the next step before using this one
 
     def __init__(self, model, n_ctx: int, vocab_size: int, folder: Path | None = None) -> None:
         from mlx_lm.models.cache import make_prompt_cache
@@ -220,7 +218,7 @@ class MLXBackend:
             {quant["bits"]} if "bits" in quant and not any(isinstance(q, dict) for q in quant.values()) else set()))
         label = "/".join(map(str, bits)) + "-bit" if bits else "float"
         info = {"model": f"{config.get('model_type', '?')} {params / 1e6:.0f}M mlx {label}", "size_bytes": int(size),
-                "params": params}
+                "params": params, "prefill_chunk": self.prefill_chunk}
         info["build"] = f"mlx {mx.__version__} on {self.device}"
         if metal() and hasattr(mx, "device_info"):
             info["build"] += f" ({mx.device_info().get('device_name', 'Apple GPU')})"

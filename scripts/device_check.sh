@@ -44,7 +44,7 @@ from mlxgen.tokenizer import Tokenizer
 choice = hardware.detect(hardware.gather_facts())
 print("choice:", choice)
 tok = Tokenizer.from_gguf(".dev/tiny.gguf")
-b = LlamaCppBackend(".dev/tiny.gguf", n_ctx=1024, n_threads=choice.n_threads, n_gpu_layers=choice.n_gpu_layers)
+b = LlamaCppBackend(".dev/tiny.gguf", n_ctx=1024, n_threads=choice.n_threads, n_gpu_layers=(-1 if choice.gpu else 0))
 print("device:", b.device)
 for prompt in ["Hello there", "The quick brown fox", "def f(x):\n    return"]:
     ids = tok.encode(prompt)

@@ -37,6 +37,7 @@ import time
 import traceback
 from collections import Counter
 from pathlib import Path
+from gguf_writer import finish
 
 HERE = Path(__file__).resolve().parent
 CASE_TIMEOUT_S = 20.0
@@ -384,10 +385,7 @@ def write_vocab_gguf(path: Path) -> None:
     w.add_eos_token_id(len(tokens) - 1)
     w.add_add_bos_token(False)
     w.add_chat_template("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
 
 
 def gguf_fields(data: bytes) -> tuple[list[tuple[int, int, str]], dict[str, tuple[int, int]]]:

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from gguf_writer import finish
 
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_1", "q5_0")
@@ -99,10 +100,7 @@ def write_tiny_gguf(
         matrix(f"blk.{i}.ffn_gate.weight", ffn, dim)
         matrix(f"blk.{i}.ffn_up.weight", ffn, dim)
         matrix(f"blk.{i}.ffn_down.weight", dim, ffn)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return vocab
 
 

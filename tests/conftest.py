@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pytest
 
 from mlxgen.loop import Done, TokenEvent
+from mlxgen.sampling import NUMPY
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # shared helpers: gguf_writer
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -144,7 +148,8 @@ class FakeBackend:
         self.prefill_cost = prefill_cost
         self.step_cost = step_cost
         self.interrupt_at_step = interrupt_at_step
-        self.pipelined = pipelined
+        if pipelined:  # base.Pipelined: the loop queues step n+1 before handing out token n
+            self.sampling_ops, self.schedule = NUMPY, lambda lazy: None
         self.calls: list[tuple[str, object]] = []
         self.cache: list[int] = []
         self.max_cache = 0

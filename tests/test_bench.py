@@ -10,13 +10,14 @@ import os
 import pytest
 
 from conftest import FakeBackend, FakeClock, FakeTokenizer, greedy
-from mlxgen import bench
+from mlxgen import bench, bench_output
+from mlxgen.prompt_cache import PromptCache
 from mlxgen.config import load_config
 from mlxgen.errors import ConfigError, MlxgenError
 from mlxgen.hardware import Facts
 from mlxgen.loop import generate
 
-FACTS = Facts("Linux", "x86_64", mlx_installed=True, llamacpp_installed=True, llamacpp_gpu_offload=False, cpu_count=2)
+FACTS = Facts("Linux", "x86_64", installed=frozenset({"mlx", "llama.cpp"}), gpu_offload=frozenset(), cpu_count=2)
 
 
 class TimedBackend(FakeBackend):
@@ -59,10 +60,17 @@ class TimedBackend(FakeBackend):
     def describe(self) -> dict:
         return {"model": "fake 1M Q4", "size_bytes": 3 * 2**20, "params": 1_000_000}
 
+    def peak_memory(self) -> None:
+        return None
+
+    def reset_peak_memory(self) -> None:
+        pass
+
 
 class FakeSession:
     def __init__(self, backend) -> None:
         self.backend, self.tokenizer, self.load_s, self.closed = backend, FakeTokenizer(), 0.5, 0
+        self.cache = PromptCache(backend)
 
     def generate(self, ids, ignore_eos=False, max_tokens=None, cached=0):
         return generate(self.backend, ids, greedy, self.tokenizer.decode, max_tokens=max_tokens, cached=cached)
@@ -118,7 +126,7 @@ def test_vs_native_interleaves_and_reports_overhead_per_token():
     ours, native = report.result("llama.cpp", "mlxgen", tg), report.result("llama.cpp", "native", tg)
     assert ours.mean == pytest.approx(11 / 0.07) and native.mean == pytest.approx(11 / 0.06)
     assert bench.paired(ours, native) == (pytest.approx(6 / 7), pytest.approx(1e6 * 0.01 / 11))
-    md = bench.format_markdown(report)
+    md = bench_output.format_markdown(report)
     assert "| native t/s | ours/native | overhead µs/tok |" in md
     assert "| 0.857 | +909.1 |" in md
     runs = [x for x in b.order if x != "settle"]
@@ -162,7 +170,7 @@ def test_every_backend_and_loop_runs_the_same_trace():
     report = run(settings, {"llama.cpp": a, "mlx": b}, clock)
     assert a.kinds("prefill")[0] == b.kinds("prefill")[0]  # pp24: the same 24 ids
     assert a.native_prompts == b.native_prompts and a.native_prompts[0] == list(a.kinds("prefill")[0])
-    row = [r for r in bench.rows(report) if r["run"].name == "mlx" and r["test"].kind == "tg"][0]
+    row = [r for r in bench_output.rows(report) if r["run"].name == "mlx" and r["test"].kind == "tg"][0]
     assert row["vs_base"] == pytest.approx((0.01 + 3 * 0.001) / (0.01 + 3 * 0.002))
 
 
@@ -178,7 +186,7 @@ def report():
 
 
 def test_markdown_is_llama_bench_layout_plus_comparisons(report):
-    lines = bench.format_markdown(report).splitlines()
+    lines = bench_output.format_markdown(report).splitlines()
     assert lines[0].startswith("| model | size | params | backend | threads | test | t/s |")
     assert lines[0].endswith("| vs llama.cpp |")
     assert lines[2].startswith("| fake 1M Q4 | 3.00 MiB | 1.00 M | llama.cpp CPU | - | pp32 | 1600.00 ± 0.00 | 20.0 |")
@@ -190,24 +198,24 @@ def test_markdown_is_llama_bench_layout_plus_comparisons(report):
 
 
 def test_csv_json_and_jsonl_carry_every_sample_and_setting(report):
-    recs = list(csv.DictReader(io.StringIO(bench.format_csv(report))))
+    recs = list(csv.DictReader(io.StringIO(bench_output.format_csv(report))))
     assert len(recs) == 2 * 2 * 2  # backends × loops × tests
     first = recs[0]
     assert (first["backend"], first["loop"], first["test"]) == ("llama.cpp", "mlxgen", "pp32")
     assert json.loads(first["samples_ts"]) == pytest.approx([1600.0, 1600.0])
     assert (first["repetitions"], first["seed"], first["depth"]) == ("2", "42", "0")
-    data = json.loads(bench.format_json(report))
+    data = json.loads(bench_output.format_json(report))
     assert data["settings"]["n_prompt"] == [32] and len(data["results"]) == 8
     assert data["backends"][1]["name"] == "mlx"
-    lines = bench.format_jsonl(report).splitlines()
+    lines = bench_output.format_jsonl(report).splitlines()
     assert [json.loads(line)["samples_ts"] for line in lines] == [r["samples_ts"] for r in data["results"]]
 
 
 def test_plot_draws_a_png(report, tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "bench.png"
-    bench.check_plot_path(str(path))
-    bench.plot(report, str(path))
+    bench_output.check_plot_path(str(path))
+    bench_output.plot(report, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -220,7 +228,7 @@ def test_ctrl_c_keeps_what_finished():
     report = run(bench.Settings(n_prompt=(16,), n_gen=(8,), repetitions=3, warmup=0), {"llama.cpp": b}, clock)
     assert report.interrupted
     assert [(r.test.name, len(r.tps)) for r in report.results] == [("pp16", 3), ("tg8", 2)]
-    md = bench.format_markdown(report)
+    md = bench_output.format_markdown(report)
     assert "| tg8 | 470.59 ± 0.00 (n=2) |" in md and "interrupted" in md  # 8 / (0.01 + 7 * 0.001)
 
 
@@ -237,7 +245,7 @@ def test_a_failing_backend_is_reported_and_the_others_still_run():
     settings = bench.Settings(n_prompt=(8,), n_gen=(4,), repetitions=1, warmup=0)
     report = bench.run_bench(cfg, ["mlx", "llama.cpp"], settings, FACTS, open_session=open_session, clock=clock)
     assert [b.name for b in report.backends] == ["llama.cpp"] and len(report.results) == 2
-    assert "failed: mlx: model.gguf: architecture 'mamba' cannot be imported to MLX" in bench.format_markdown(report)
+    assert "failed: mlx: model.gguf: architecture 'mamba' cannot be imported to MLX" in bench_output.format_markdown(report)
     with pytest.raises(MlxgenError, match="no backend ran; mlx: model.gguf"):
         bench.run_bench(cfg, ["mlx", "mlx"], settings, FACTS, open_session=open_session, clock=clock)
     with pytest.raises(MlxgenError, match="no backend is installed"):
@@ -263,13 +271,13 @@ def test_a_depth_beyond_the_context_is_refused_before_loading():
 def test_an_unwritable_plot_path_is_refused_before_work(tmp_path):
     pytest.importorskip("matplotlib")
     with pytest.raises(MlxgenError, match="folder does not exist"):
-        bench.check_plot_path(str(tmp_path / "missing" / "x.png"))
+        bench_output.check_plot_path(str(tmp_path / "missing" / "x.png"))
     with pytest.raises(MlxgenError, match="is a folder"):
-        bench.check_plot_path(str(tmp_path))
+        bench_output.check_plot_path(str(tmp_path))
     with pytest.raises(MlxgenError, match="unknown image type 'xyz'; use one of .*png"):
-        bench.check_plot_path(str(tmp_path / "x.xyz"))
+        bench_output.check_plot_path(str(tmp_path / "x.xyz"))
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         with pytest.raises(MlxgenError, match="not writable"):
-            bench.check_plot_path(str(locked / "x.png"))
+            bench_output.check_plot_path(str(locked / "x.png"))

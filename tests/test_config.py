@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from mlxgen.config import BACKENDS, DEFAULT_PRESET, Config, load_config, preset_names
+from mlxgen.config import DEFAULT_PRESET, backend_names, Config, load_config, preset_names
 from mlxgen.errors import ConfigError
 
 ARTICLE_YAML = """\
@@ -261,7 +261,7 @@ def test_bad_values_name_the_key_value_and_what_is_allowed(write, yaml_text, key
 
 def test_backend_error_lists_the_allowed_backends(write):
     message = config_error(write("backend: cuda\n"))
-    for name in BACKENDS:
+    for name in backend_names():
         assert name in message
 
 

@@ -15,7 +15,8 @@ import pytest
 from conftest import FakeTokenizer, one_hot_logits
 from mlxgen import chat
 from mlxgen.config import Config, InferenceConfig
-from mlxgen.conversation import ContextFull, Conversation, common_prefix
+from mlxgen.conversation import ContextFull, Conversation
+from mlxgen.prompt_cache import PromptCache, common_prefix
 from mlxgen.errors import ConfigError, MlxgenError
 from mlxgen.hardware import Choice
 from mlxgen.repl import Repl
@@ -109,7 +110,7 @@ def drain(events):
 
 def cache_is_true(conv: Conversation, backend: RecordingBackend) -> None:
     """What the conversation believes is cached is what the backend holds."""
-    assert conv._cached[: backend.n_cached] == backend.cache
+    assert conv.sess.cache.ids == backend.cache
 
 
 # ------------------------------------------------------------------ reuse
@@ -198,7 +199,7 @@ class PrefillInterrupted(RecordingBackend):
 def test_ctrl_c_before_any_text_keeps_no_empty_turn():
     conv, _ = make_conv()
     backend = PrefillInterrupted(conv.sess.backend.tok, interrupt_at=0)
-    conv.sess.backend = backend
+    conv.sess.backend, conv.sess.cache = backend, PromptCache(backend)
     t = conv.turn("Tell me", drain)
     assert (t.done.reason, t.done.text, conv.messages) == ("interrupted", "", [])
     cache_is_true(conv, backend)
@@ -235,7 +236,7 @@ def test_set_checks_values_like_the_config():
     conv.set("top-k", "5")
     conv.set("max_tokens", "7")
     conv.set("seed", "none")
-    assert (conv.params.temperature, conv.params.top_k, conv.max_length, conv.params.seed) == (0.2, 5, 7, None)
+    assert (conv.params.temperature, conv.params.top_k, conv.params.max_length, conv.params.seed) == (0.2, 5, 7, None)
     with pytest.raises(ConfigError, match="top_p: 1.5 is not allowed"):
         conv.set("top_p", "1.5")
     with pytest.raises(ConfigError, match="not a number"):

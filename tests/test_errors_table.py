@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlxgen.errors import MlxgenError
+from gguf_writer import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "docs" / "errors.md"
@@ -149,10 +150,7 @@ def gguf_file(work: Path, name: str, arch: str = "llama", meta: dict | None = No
     for tname, shape in tensors.items():
         if tname not in drop_tensors:
             w.add_tensor(tname, rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path
 
 
@@ -300,7 +298,7 @@ def kv_too_large(mp, cfg) -> str:
 
 
 def _triggers():
-    from mlxgen import backends, bench, sources
+    from mlxgen import backends, bench, bench_output, sources
     from mlxgen.config import LLMConfig, TokenizerConfig, load_config
     from mlxgen.sampling import SamplingParams
 
@@ -442,12 +440,12 @@ def _triggers():
     T["bench-context"] = lambda w, mp: lib(bench.Settings(n_prompt=(512,), n_gen=(8,)).check, 256)
     T["bench-short"] = lambda w, mp: bench_short()
     T["bench-native"] = lambda w, mp: lib(bench._native_stream, SimpleNamespace(backend=object()), "fake")
-    T["bench-plot-folder"] = lambda w, mp: lib(bench.check_plot_path, str(w / "no" / "p.png"))
+    T["bench-plot-folder"] = lambda w, mp: lib(bench_output.check_plot_path, str(w / "no" / "p.png"))
     T["bench-plot-writable"] = lambda w, mp: plot_not_writable(w, mp)
     T["bench-plot-matplotlib"] = lambda w, mp: plot_no_matplotlib(w, mp)
     T["bench-plot-write"] = lambda w, mp: plot_write_fails(w, mp)
-    T["bench-plot-dir"] = lambda w, mp: lib(bench.check_plot_path, str(w))
-    T["bench-plot-type"] = lambda w, mp: lib(bench.check_plot_path, str(w / "p.xyz"))
+    T["bench-plot-dir"] = lambda w, mp: lib(bench_output.check_plot_path, str(w))
+    T["bench-plot-type"] = lambda w, mp: lib(bench_output.check_plot_path, str(w / "p.xyz"))
     T["bench-no-backend"] = lambda w, mp: cli("bench", "--backend", "all", env={"PYTHONPATH": blocked_backends(w)})
     T["bench-none-ran"] = lambda w, mp: lib(bench.run_bench, load_config(None, {}), ["llama.cpp"] * 2,
                                             bench.Settings(n_prompt=(8,), n_gen=(4,), repetitions=1, warmup=0),
@@ -664,7 +662,7 @@ def bench_short() -> str:
     import inspect
     import time
 
-    from mlxgen import bench
+    from mlxgen import bench, bench_output
 
     extra = {"settle": lambda: None} if "settle" in inspect.signature(bench.run_test).parameters else {}
     return lib(bench.run_test, lambda prompt, depth, n: iter([1]), bench.Test("tg", 4, 0), list(range(10)),
@@ -672,31 +670,31 @@ def bench_short() -> str:
 
 
 def plot_not_writable(w: Path, mp) -> str:
-    from mlxgen import bench
+    from mlxgen import bench, bench_output
 
     mp.setattr(os, "access", lambda path, mode: False)
-    return lib(bench.check_plot_path, str(w / "p.png"))
+    return lib(bench_output.check_plot_path, str(w / "p.png"))
 
 
 def plot_no_matplotlib(w: Path, mp) -> str:
     import importlib.util
 
-    from mlxgen import bench
+    from mlxgen import bench, bench_output
 
     real = importlib.util.find_spec
     mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
-    return lib(bench.check_plot_path, str(w / "p.png"))
+    return lib(bench_output.check_plot_path, str(w / "p.png"))
 
 
 def plot_write_fails(w: Path, mp) -> str:
     need("matplotlib")
-    from mlxgen import bench
+    from mlxgen import bench, bench_output
 
     test = bench.Test("tg", 4, 0)
     result = SimpleNamespace(test=test, backend="fake", loop="mlxgen", mean=1.0, stdev=0.1)
     report = SimpleNamespace(settings=SimpleNamespace(tests=lambda: [test]), results=[result], backends=[],
                              result=lambda b, loop, t: result)
-    return lib(bench.plot, report, str(w / "no-such-folder" / "p.png"))
+    return lib(bench_output.plot, report, str(w / "no-such-folder" / "p.png"))
 
 
 TRIGGERS = _triggers()

@@ -31,6 +31,7 @@ import fuzz  # noqa: E402
 
 from mlxgen import gguf_check, gguf_vocab  # noqa: E402
 from mlxgen.errors import ModelError  # noqa: E402
+from gguf_writer import finish
 
 EXAMPLES = int(os.environ.get("MLXGEN_FUZZ_EXAMPLES", "150"))
 MLX = fuzz._mlx_available()
@@ -206,10 +207,7 @@ def test_vocab_metadata_of_the_wrong_type(tmp_path, corpus):
             sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
             w.add_key_value(key, value, f.types[0], sub_type=sub)
     w.add_array("tokenizer.ggml.tokens", list(range(len(src.fields["tokenizer.ggml.tokens"].data))))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     with pytest.raises(ModelError) as info:
         gguf_vocab.build(gguf_vocab.open_reader(path), path)
     assert str(info.value).startswith(f"{path}: GGUF metadata tokenizer.ggml.tokens is an array, not an array of strings")

@@ -30,17 +30,13 @@ def packages(monkeypatch):
     return install
 
 
-def facts(**kw) -> Facts:
-    base = dict(
-        system="Linux",
-        machine="x86_64",
-        mlx_installed=False,
-        llamacpp_installed=True,
-        llamacpp_gpu_offload=False,
-        cpu_count=8,
-    )
+def facts(mlx_installed=False, llamacpp_installed=True, llamacpp_gpu_offload=False, **kw) -> Facts:
+    """A machine: which of the two real backends are installed, and whether llama.cpp reaches a GPU."""
+    base = dict(system="Linux", machine="x86_64", cpu_count=8)
     base.update(kw)
-    return Facts(**base)
+    installed = {name for name, on in (("mlx", mlx_installed), ("llama.cpp", llamacpp_installed)) if on}
+    gpu = {"llama.cpp"} if llamacpp_gpu_offload and llamacpp_installed else set()
+    return Facts(installed=frozenset(installed), gpu_offload=frozenset(gpu), **base)
 
 
 MAC_MLX = dict(system="Darwin", machine="arm64", mlx_installed=True, llamacpp_installed=True)
@@ -66,12 +62,12 @@ def test_mac_without_the_apple_backend_picks_llama(packages):
     choice = detect(facts(**MAC_NO_MLX, cpu_count=10))
     assert choice.backend == "llama.cpp"
     assert "mlx is not installed" in choice.reason
-    assert (choice.n_gpu_layers, choice.n_threads) == (0, 10)
+    assert (choice.gpu, choice.n_threads) == (False, 10)
 
 
 def test_mac_with_a_metal_llama_build_offloads_everything(packages):
     choice = detect(facts(**MAC_NO_MLX, llamacpp_gpu_offload=True))
-    assert (choice.backend, choice.n_gpu_layers) == ("llama.cpp", -1)
+    assert (choice.backend, choice.gpu) == ("llama.cpp", True)
 
 
 def test_intel_mac_is_not_apple_silicon(packages):
@@ -82,14 +78,14 @@ def test_intel_mac_is_not_apple_silicon(packages):
 
 def test_cuda_box_offloads_all_layers_to_the_gpu(packages):
     choice = detect(facts(**CUDA_BOX))
-    assert choice == Choice("llama.cpp", choice.reason, n_gpu_layers=-1, n_threads=32)
+    assert choice == Choice("llama.cpp", choice.reason, gpu=True, n_threads=32)
     assert "GPU" in choice.reason
 
 
 def test_plain_linux_runs_llama_on_the_cpu_with_one_thread_per_core(packages):
     choice = detect(facts(**PLAIN_LINUX))
     assert choice.backend == "llama.cpp"
-    assert choice.n_gpu_layers == 0
+    assert not choice.gpu
     assert choice.n_threads == 12
     assert "CPU" in choice.reason and "12 threads" in choice.reason
 
@@ -130,8 +126,8 @@ def test_requested_llama_overrides_detection_on_a_mac(packages):
 
 
 def test_requested_llama_on_a_cuda_box_still_offloads(packages):
-    assert detect(facts(**CUDA_BOX), "llama.cpp").n_gpu_layers == -1
-    assert detect(facts(**PLAIN_LINUX), "llama.cpp").n_gpu_layers == 0
+    assert detect(facts(**CUDA_BOX), "llama.cpp").gpu
+    assert not detect(facts(**PLAIN_LINUX), "llama.cpp").gpu
 
 
 def test_requested_apple_backend_overrides_detection_on_linux(packages):
@@ -200,5 +196,5 @@ def test_describe_reports_missing_backends_with_the_extra(packages):
 def test_gather_facts_on_this_machine_without_probing_the_gpu():
     f = gather_facts(probe_gpu=False)
     assert f.cpu_count >= 1
-    assert f.llamacpp_gpu_offload is False
+    assert f.gpu_offload == frozenset()
     assert f.system and f.machine

@@ -22,10 +22,12 @@ pytest.importorskip("mlx_lm")
 from mlxgen import backends  # noqa: E402
 from mlxgen.backends import mlx as mlxb  # noqa: E402
 from mlxgen.backends import mlx_convert, mlx_gguf  # noqa: E402
+from mlxgen.backends.base import Pipelined  # noqa: E402
 from mlxgen.config import Config, LLMConfig, MLXSource  # noqa: E402
 from mlxgen.errors import BackendUnavailable, MlxgenError, ModelError  # noqa: E402
 from mlxgen.loop import Done, generate  # noqa: E402
 from mlxgen.sampling import SamplingParams, make_sampler  # noqa: E402
+from gguf_writer import finish
 
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -145,10 +147,7 @@ def write_gguf(hf: Path, path: Path, qtype: str = "Q8_0", arch: str | None = Non
             w.add_tensor(gname, value)
         else:
             w.add_tensor(gname, quantize(value, T[qtype]), raw_dtype=T[qtype])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path
 
 
@@ -453,7 +452,7 @@ def test_smollm2_next_token_agrees_with_llamacpp(smol, smol_gguf) -> None:
 
 def test_backend_attributes_and_lazy_steps(converted) -> None:
     backend = mlxb.load(converted["llama"], cfg_for(n_ctx=300))
-    assert backend.name == "mlx" and backend.pipelined and backend.sampling_ops.name == "mlx"
+    assert backend.name == "mlx" and isinstance(backend, Pipelined) and backend.sampling_ops.name == "mlx"
     assert backend.n_ctx == 300 and backend.vocab_size == 259
     assert backend.device == ("gpu (metal)" if mx.metal.is_available() else "cpu (no Metal)")
     logits = backend.prefill([3, 4, 5])
@@ -567,10 +566,7 @@ def test_unsupported_gguf_tensor_type(hf_models, tmp_path) -> None:
     path = tmp_path / "q8k.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_tensor("blk.0.attn_q.weight", np.zeros((4, 292), np.uint8), raw_dtype=T.Q8_K)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     with pytest.raises(ModelError) as e:
         mlx_convert.convert(str(path))
     assert "Q8_K" in one_line(e) and "blk.0.attn_q.weight" in str(e.value)
@@ -624,6 +620,6 @@ def test_backend_mlx_without_mlx_installed(monkeypatch) -> None:
     assert 'pip install "mlxgen[mlx]"' in one_line(e)
     from mlxgen import hardware
 
-    facts = hardware.Facts("Darwin", "arm64", False, True, False, 8)
+    facts = hardware.Facts("Darwin", "arm64", frozenset({"llama.cpp"}), frozenset(), 8)
     with pytest.raises(BackendUnavailable):
         hardware.detect(facts, "mlx")

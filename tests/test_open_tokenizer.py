@@ -39,7 +39,7 @@ def test_an_mlx_repo_fetches_only_its_tokenizer_files(folder, monkeypatch):
     monkeypatch.setattr(sources, "hf_snapshot", lambda repo, rev, patterns: asked.append((repo, rev, patterns)) or folder)
     cfg = load_config(None, {"llm.mlx.repo": "Qwen/Qwen3-4B"})
     assert session.open_tokenizer(cfg, MLX).encode("world") == [1]
-    assert asked == [("Qwen/Qwen3-4B", "main", session.TOKENIZER_FILES)]
+    assert asked == [("Qwen/Qwen3-4B", "main", backends.MLX_TOKENIZER_FILES)]
     assert not any(p.endswith("safetensors") for p in asked[0][2])
 
 

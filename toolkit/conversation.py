@@ -1,13 +1,10 @@
 """A multi-turn conversation on one session: history, settings and KV-cache reuse.
 
 Every turn renders the whole conversation with the chat template and tokenizes it.
-The backend's cache is then trimmed to the longest common prefix of what it holds and
-the new prompt, and only the rest is prefilled: turn n costs the new user message (and
-the template's tokens around it), not the whole history again.
-
-``_cached`` is always a list whose first ``backend.n_cached`` ids are exactly what the
-cache holds, even after an interrupted turn: it is set to the new prompt before the
-loop starts and to prompt + sampled tokens after it ends.
+The session's prompt cache (``mlxgen.prompt_cache``) then keeps the longest common
+prefix of what the backend holds and the new prompt, and only the rest is prefilled:
+turn n costs the new user message (and the template's tokens around it), not the
+whole history again.
 """
 
 from __future__ import annotations
@@ -17,24 +14,13 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from mlxgen import chat
+from mlxgen import chat, settings
 from mlxgen.cache import atomic_write_text
 from mlxgen.errors import ConfigError, MlxgenError, PromptError
 from mlxgen.loop import Done, Event
 from mlxgen.session import Session, sampling_params
 
 FORMAT = "mlxgen-chat"
-SETTINGS = {  # /set NAME VALUE: the type of each setting
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "repetition_penalty": float,
-    "repetition_context": int,
-    "seed": int,
-    "max_length": int,
-}
-ALIASES = {"temp": "temperature", "max_tokens": "max_length", "n": "max_length", "repeat_penalty": "repetition_penalty"}
 
 
 class ContextFull(PromptError):
@@ -52,23 +38,13 @@ class Turn:
         return self.reused + self.new
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 class Conversation:
     def __init__(self, sess: Session) -> None:
         self.sess = sess
         self.spec = sess.template
         self.params = sampling_params(sess.cfg)
-        self.max_length = sess.cfg.inference.max_length
         self.messages: list[dict] = []
         self.turns: list[Turn] = []
-        self._cached: list[int] = []
 
     # ------------------------------------------------------------------ turns
     def prompt_ids(self, user: str) -> list[int]:
@@ -79,7 +55,7 @@ class Conversation:
     @property
     def n_cached(self) -> int:
         """Positions the backend's cache holds (0 for a backend that cannot say)."""
-        return int(getattr(self.sess.backend, "n_cached", 0))
+        return len(self.sess.cache.ids)
 
     def turn(self, user: str, consume: Callable[[Iterator[Event]], Done]) -> Turn:
         """Send one user message; ``consume`` drains the loop's events (streaming them)."""
@@ -90,13 +66,9 @@ class Conversation:
                 f"the context is full: the conversation is {len(ids)} tokens and the context holds {n_ctx}; "
                 "/reset to start over (or raise --ctx)"
             )
-        known = self._cached[: self.n_cached]
-        reused = min(common_prefix(known, ids), len(ids) - 1)
-        self.sess.backend.trim(reused)
-        self._cached = ids
         sample = self.sess.sampler(self.params)
-        done = consume(self.sess.generate(ids, cached=reused, max_tokens=self.max_length, sample=sample))
-        self._cached = ids + [tid for tid, _ in done.trace]
+        done = consume(self.sess.complete(ids, max_tokens=self.params.max_length, sample=sample))
+        reused = done.stats.cached_tokens
         if not (done.reason == "interrupted" and not done.text):  # Ctrl-C before any text: no turn to keep
             self.messages = self.messages + [
                 {"role": "user", "content": user},
@@ -108,8 +80,8 @@ class Conversation:
 
     def reset(self) -> None:
         """Forget the history and empty the backend's cache (the system prompt stays)."""
-        self.messages, self.turns, self._cached = [], [], []
-        self.sess.backend.trim(0)
+        self.messages, self.turns = [], []
+        self.sess.cache.reset()
 
     # --------------------------------------------------------------- settings
     def set_system(self, text: str | None) -> None:
@@ -119,25 +91,19 @@ class Conversation:
         self.spec = dataclasses.replace(self.spec, thinking=on)
 
     def settings(self) -> dict:
-        values = dataclasses.asdict(self.params)
-        return {name: (self.max_length if name == "max_length" else values[name]) for name in SETTINGS}
+        return settings.values(self.params)
 
     def set(self, name: str, value: str) -> None:
         """``/set NAME VALUE``; the value is checked as the config checks it."""
-        key = name.strip().lower().replace("-", "_")
-        key = ALIASES.get(key, key)
-        if key not in SETTINGS:
-            raise ConfigError(f"/set {name}: unknown setting; one of {', '.join(SETTINGS)}")
-        self.apply({key: parse_value(key, value)})
+        key = settings.canonical(name)
+        if key is None:
+            raise ConfigError(f"/set {name}: unknown setting; one of {', '.join(settings.BY_NAME)}")
+        self.apply({key: settings.parse(key, value)})
 
     def apply(self, values: dict) -> None:
-        max_length = values.get("max_length", self.max_length)
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-            raise ConfigError(f"max_length: {max_length!r} is not allowed; expected a positive integer")
-        fields = {k: v for k, v in values.items() if k in SETTINGS and k != "max_length"}
-        params = dataclasses.replace(self.params, **fields)
+        params = dataclasses.replace(self.params, **{k: v for k, v in values.items() if k in settings.BY_NAME})
         params.validate()
-        self.params, self.max_length = params, max_length
+        self.params = params
 
     # ------------------------------------------------------------ save / load
     def to_dict(self) -> dict:
@@ -174,17 +140,6 @@ class Conversation:
         self.messages, self.turns = messages, []
 
 
-def parse_value(key: str, text: str):
-    text = text.strip()
-    if key == "seed" and text.lower() in ("none", "off", "random"):
-        return None
-    try:
-        return SETTINGS[key](text)
-    except ValueError:
-        kind = "an integer" if SETTINGS[key] is int else "a number"
-        raise ConfigError(f"/set {key}: {text!r} is not {kind}") from None
-
-
 def check_saved(data, path: str) -> list[dict]:
     """The messages of a saved conversation, or a one-line error saying what is wrong."""
 
@@ -206,7 +161,7 @@ def check_saved(data, path: str) -> list[dict]:
         raise bad("\"system\" must be text or null and \"thinking\" true, false or null")
     if not isinstance(data.get("settings", {}), dict):
         raise bad("\"settings\" must be an object")
-    unknown = set(data.get("settings") or {}) - set(SETTINGS)
+    unknown = set(data.get("settings") or {}) - set(settings.BY_NAME)
     if unknown:
         raise bad(f"unknown setting {sorted(unknown)[0]!r}")
     return [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -23,3 +23,9 @@ class ModelError(MlxgenError):
 
 class PromptError(MlxgenError):
     """The prompt cannot be run (empty, too long for the context, not UTF-8)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none): for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -11,28 +11,33 @@ import platform
 import sys
 from dataclasses import dataclass
 
-from mlxgen.backends import REGISTRY, is_installed, require
+from mlxgen import backends
 
 
 @dataclass(frozen=True)
 class Facts:
     system: str  # platform.system(): "Darwin", "Linux", "Windows"
     machine: str  # platform.machine(): "arm64", "x86_64", "aarch64"
-    mlx_installed: bool
-    llamacpp_installed: bool
-    llamacpp_gpu_offload: bool  # the installed llama.cpp build can offload layers (CUDA, Metal, ...)
+    installed: frozenset[str]  # registered backends whose packages are installed
+    gpu_offload: frozenset[str]  # installed backends whose build reaches a GPU (llama.cpp: CUDA, Metal, ...)
     cpu_count: int
 
     @property
     def apple_silicon(self) -> bool:
         return self.system == "Darwin" and self.machine == "arm64"
 
+    def has(self, backend: str) -> bool:
+        return backend in self.installed
+
+    def gpu(self, backend: str) -> bool:
+        return backend in self.gpu_offload
+
 
 @dataclass(frozen=True)
 class Choice:
-    backend: str  # "mlx" or "llama.cpp"
+    backend: str  # a registered backend's name
     reason: str
-    n_gpu_layers: int = 0  # llama.cpp: -1 = all layers on the GPU
+    gpu: bool = False  # run on the GPU (llama.cpp: all layers offloaded unless llm.n_gpu_layers says otherwise)
     n_threads: int = 1
 
 
@@ -44,47 +49,24 @@ def available_cpus() -> int:
 
 
 def gather_facts(probe_gpu: bool = True) -> Facts:
-    llama = is_installed("llama.cpp")
-    return Facts(
-        system=platform.system(),
-        machine=platform.machine(),
-        mlx_installed=is_installed("mlx"),
-        llamacpp_installed=llama,
-        llamacpp_gpu_offload=llama and probe_gpu and _llamacpp_gpu_offload(),
-        cpu_count=available_cpus(),
-    )
-
-
-def _llamacpp_gpu_offload() -> bool:
-    try:
-        import llama_cpp
-
-        return bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:  # a broken build is reported by doctor as "no offload"
-        return False
+    installed = frozenset(backends.installed())
+    gpu = {name for name in installed if probe_gpu and (probe := backends.REGISTRY[name].gpu_probe) and probe()}
+    return Facts(platform.system(), platform.machine(), installed, frozenset(gpu), available_cpus())
 
 
 def detect(facts: Facts, requested: str = "auto") -> Choice:
-    """Pick the backend. ``requested`` ("mlx" / "llama.cpp") overrides detection."""
+    """Pick the backend: the installed one that fits this machine best. ``requested`` overrides it."""
     threads = facts.cpu_count
     if requested != "auto":
-        require(requested)  # one-line error naming the extra if missing
-        if requested == "mlx":
-            return Choice("mlx", "requested with --backend/config", n_threads=threads)
-        layers = -1 if facts.llamacpp_gpu_offload else 0
-        where = "all layers on the GPU" if layers else f"CPU, {threads} threads"
-        return Choice("llama.cpp", f"requested with --backend/config ({where})", layers, threads)
-    if facts.apple_silicon and facts.mlx_installed:
-        return Choice("mlx", "Apple Silicon with mlx installed", n_threads=threads)
-    if facts.llamacpp_installed and facts.llamacpp_gpu_offload:
-        return Choice("llama.cpp", "llama.cpp build supports GPU offload: all layers on the GPU", -1, threads)
-    if facts.llamacpp_installed:
-        why = "no Apple Silicon" if not facts.apple_silicon else "mlx is not installed"
-        return Choice("llama.cpp", f"{why}, no GPU offload in the llama.cpp build: CPU, {threads} threads", 0, threads)
-    if facts.mlx_installed:
-        return Choice("mlx", "llama.cpp is not installed; mlx is (no Metal here: it runs on the CPU)", n_threads=threads)
-    require("llama.cpp")  # raises, naming the extra
-    raise AssertionError("unreachable")
+        fit = backends.require(requested).fit(facts)  # one-line error naming the extra if missing
+        return Choice(requested, f"requested with --backend/config ({fit.reason})", fit.gpu, threads)
+    fits = [(backends.REGISTRY[name].fit(facts), name) for name in backends.REGISTRY if facts.has(name)]
+    if not fits:
+        raise backends.nothing_installed()
+    fit, name = max(fits, key=lambda f: f[0].score)  # max keeps the first of equals: registration order
+    missing = [other for other in backends.REGISTRY if not facts.has(other)]
+    why = fit.reason + "".join(f"; {other} is not installed" for other in missing)
+    return Choice(name, why, fit.gpu, threads)
 
 
 def describe(facts: Facts) -> list[tuple[str, str]]:
@@ -94,8 +76,8 @@ def describe(facts: Facts) -> list[tuple[str, str]]:
         ("chip", chip_name()),
         ("python", sys.version.split()[0]),
         ("cpus", str(facts.cpu_count)),
-    ] + [(f"backend {name}", "installed" if is_installed(name) else f"missing (pip install \"mlxgen[{info.extra}]\")")
-         for name, info in REGISTRY.items()]
+    ] + [(f"backend {name}", "installed" if facts.has(name) else f"missing (pip install \"mlxgen[{info.extra}]\")")
+         for name, info in backends.REGISTRY.items()]
 
 
 def chip_name() -> str:

@@ -15,11 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlxgen.sampling import NUMPY, SamplingParams, make_processors, min_p, top_k, top_p
+from mlxgen import settings
+from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_processors, min_p, top_k, top_p
 from mlxgen.tokens import token_text
 
-
-OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}  # the value that turns each filter off
+OFF = {s.name: s.off for s in settings.TABLE if s.off is not None}  # the value that turns each filter off
 
 
 def to_numpy(logits: Any, ops: Any = NUMPY) -> np.ndarray:
@@ -49,10 +49,11 @@ class Filtered:
     final: np.ndarray  # probabilities the draw uses (one-hot at the argmax when greedy)
 
 
-def sampler_view(logits: np.ndarray, params: SamplingParams, history: Sequence[int]) -> Filtered:
+def sampler_view(logits: np.ndarray, params: SamplingParams, history: Sequence[int],
+                 processors: Sequence[Processor] = ()) -> Filtered:
     params.validate()
     x = NUMPY.asarray(logits)
-    for proc in make_processors(params):
+    for proc in make_processors(params, NUMPY, processors):
         x = proc(history, x)
     if params.greedy:
         final = np.zeros_like(x)
@@ -69,10 +70,14 @@ def sampler_view(logits: np.ndarray, params: SamplingParams, history: Sequence[i
     return Filtered(x, kept, NUMPY.softmax(together))
 
 
-def inspect(logits: np.ndarray, params: SamplingParams, history: Sequence[int], tok, n: int) -> dict:
-    """Everything `mlxgen logits` shows, as plain data (the --json output)."""
+def inspect(logits: np.ndarray, params: SamplingParams, history: Sequence[int], tok, n: int,
+            processors: Sequence[Processor] = ()) -> dict:
+    """Everything `mlxgen logits` shows, as plain data (the --json output).
+
+    ``processors``: the caller's own, after the settings' (the chain a run would use).
+    """
     probs = NUMPY.softmax(NUMPY.asarray(logits))
-    view = sampler_view(logits, params, history)
+    view = sampler_view(logits, params, history, processors)
     scaled_probs = NUMPY.softmax(view.scaled)
     rows = [
         {
@@ -86,7 +91,7 @@ def inspect(logits: np.ndarray, params: SamplingParams, history: Sequence[int], 
         }
         for rank, i in enumerate(top_ids(probs, n))
     ]
-    settings = {
+    kept = {
         name: {
             "value": getattr(params, name),
             "kept": int(mask.sum()),
@@ -98,10 +103,16 @@ def inspect(logits: np.ndarray, params: SamplingParams, history: Sequence[int], 
         "vocab_size": int(logits.shape[-1]),
         "prob_sum": float(probs.astype(np.float64).sum()),
         "temperature": params.temperature,
-        "settings": settings,
+        "processors": [processor_name(p) for p in make_processors(params, NUMPY, processors)],
+        "settings": kept,
         "candidates": int(np.count_nonzero(view.final)),
         "top": rows,
     }
+
+
+def processor_name(processor: Any) -> str:
+    """How `mlxgen logits` names a processor: its ``name``, else its function's name."""
+    return str(getattr(processor, "name", None) or getattr(processor, "__qualname__", type(processor).__name__))
 
 
 def table(data: dict, tok) -> str:
@@ -114,6 +125,8 @@ def table(data: dict, tok) -> str:
             f"{r['rank']:>4} {r['id']:>7}  {token_text(tok, r['id']):<18} {r['logit']:>8.3f} "
             f"{r['prob']:>8.4f} {r['sampled']:>8.4f}  {kept}"
         )
+    if data.get("processors"):
+        lines.append("processors (before temperature and filters): " + " → ".join(data["processors"]))
     lines.append(settings_line(data))
     return "\n".join(lines)
 

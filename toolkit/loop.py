@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence, Union
 
-from mlxgen.backends.base import Backend
+from mlxgen.backends.base import Backend, Extend, Pipelined
+from mlxgen.backends.base import prefill_chunk as backend_chunk
 from mlxgen.errors import PromptError
 from mlxgen.streaming import IncrementalDecoder, StopMatcher
 
@@ -77,14 +78,14 @@ Event = Union[TokenEvent, Done]
 def prefill(backend: Backend, prompt: Sequence[int], cached: int = 0, chunk: int | None = None):
     """Run ``prompt[cached:]`` through the cache in chunks; the last position's logits.
 
-    Chunks of ``chunk`` tokens (else the backend's ``prefill_chunk``, else 512); a
-    backend with ``extend`` fills the cache without computing logits for all but the last.
+    Chunks of ``chunk`` tokens (else the backend's ``prefill_chunk``, else 512); an
+    ``Extend`` backend fills the cache without computing logits for all but the last.
     """
-    chunk = chunk or getattr(backend, "prefill_chunk", PREFILL_CHUNK)
+    chunk = chunk or backend_chunk(backend, PREFILL_CHUNK)
     starts = range(cached, len(prompt), chunk)
-    extend = getattr(backend, "extend", None)
+    fill = backend.extend if isinstance(backend, Extend) else backend.prefill
     for start in starts[:-1]:
-        (extend or backend.prefill)(prompt[start : start + chunk])
+        fill(prompt[start : start + chunk])
     return backend.prefill(prompt[starts[-1] : starts[-1] + chunk])
 
 
@@ -101,18 +102,19 @@ def token_stream(
 
     The backend already holds the first ``cached`` prompt tokens in its KV cache
     (a chat's earlier turns, a bench depth); only the rest is prefilled.
-    A backend with ``pipelined = True`` (MLX) gets the next step queued before the
-    current token is handed out, so the device works while Python streams text.
+    A ``Pipelined`` backend (MLX) gets the next step queued before the current token
+    is handed out, so the device works while Python streams text, unless the sampler
+    needs the history (a processor reads it).
     """
     history = list(prompt)
     token = sample(history, prefill(backend, prompt, cached, prefill_chunk))
     if on_prefilled:
         on_prefilled()
-    lookahead = getattr(backend, "pipelined", False) and not getattr(sample, "needs_history", True)
+    lookahead = isinstance(backend, Pipelined) and not getattr(sample, "needs_history", True)
     for n in range(1, limit + 1):
         if lookahead and n < limit:
             queued = sample(history, backend.step(token))
-            getattr(backend, "schedule", lambda _: None)(queued)
+            backend.schedule(queued)
         tid = int(token)
         history.append(tid)
         yield tid

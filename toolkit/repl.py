@@ -12,17 +12,19 @@ import json
 import sys
 from typing import Callable, TextIO
 
-from mlxgen import render
+import textwrap
+
+from mlxgen import render, settings
 from mlxgen.conversation import Conversation, Turn
 from mlxgen.errors import MlxgenError
 
 PROMPT = ">>> "
-HELP = """\
+_SET = textwrap.fill("a sampling setting: " + ", ".join(settings.BY_NAME), 58, subsequent_indent=" " * 21)
+HELP = f"""\
 /reset               forget the conversation and empty the cache
 /system [TEXT]       set the system prompt (no TEXT: remove it)
 /think on|off        the thinking switch (Qwen3 style); /think alone shows it
-/set [NAME VALUE]    a sampling setting: temperature, top_k, top_p, min_p,
-                     repetition_penalty, repetition_context, seed, max_length
+/set [NAME VALUE]    {_SET}
 /stats               tokens reused and prefilled, speeds, the settings
 /save FILE           the conversation as JSON       /load FILE   continue a saved one
 /exit                quit (or Ctrl-D)               //text       send text that starts with /"""

@@ -16,34 +16,41 @@ Arguments are checked once, in :func:`make_sampler`, never per token.
 
 from __future__ import annotations
 
-import dataclasses
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from mlxgen.config import check_sampling
+from mlxgen import settings
 
 Logits = Any  # np.ndarray or mx.array, shape (vocab,)
-Processor = Callable[[Sequence[int], Logits], Logits]
+
+
+class Processor(Protocol):
+    """``(history, logits) -> logits``: the one extension point of sampling.
+
+    A processor may set ``needs_history = False`` when it ignores ``history`` (a logit
+    bias, banned tokens): the MLX loop then keeps queueing step n+1 before token n
+    reaches Python. Without the attribute a processor is assumed to need it.
+    """
+
+    def __call__(self, history: Sequence[int], logits: Logits) -> Logits: ...
+
+
+def needs_history(processor: Any) -> bool:
+    return bool(getattr(processor, "needs_history", True))
 
 
 MIN_TEMPERATURE = 1e-6  # below this, logits / temperature overflows float32: use 0 (greedy)
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    repetition_context: int = 64
-    seed: int | None = None
+class SamplingParams(settings.SamplingFields):
+    """The settings of ``mlxgen.settings.TABLE``, as the sampler takes them."""
 
     def validate(self) -> None:
-        check_sampling(dataclasses.asdict(self))
+        settings.check(settings.values(self))
 
     @property
     def greedy(self) -> bool:
@@ -95,6 +102,7 @@ def repetition_penalty(penalty: float, context: int, ops: Any = NUMPY) -> Proces
         penalised = ops.where(picked > 0, picked / penalty, picked * penalty)
         return ops.put(logits, recent, penalised)
 
+    process.name = f"repetition_penalty {penalty:g} over the last {context} tokens"
     return process
 
 
@@ -136,24 +144,31 @@ def draw(logits: Logits, u: float, ops: Any = NUMPY) -> int:
 # ------------------------------------------------------------------ composition
 
 
-def make_processors(params: SamplingParams, ops: Any = NUMPY) -> list[Processor]:
+def make_processors(params: SamplingParams, ops: Any = NUMPY, extra: Iterable[Processor] = ()) -> list[Processor]:
+    """The processor chain a run uses: the settings' own (repetition penalty), then ``extra`` in order."""
     procs: list[Processor] = []
     if params.repetition_penalty != 1.0:
         procs.append(repetition_penalty(params.repetition_penalty, params.repetition_context, ops))
-    return procs
+    return procs + list(extra)
 
 
 def make_sampler(
-    params: SamplingParams, rng: np.random.Generator | None = None, ops: Any = NUMPY
+    params: SamplingParams,
+    rng: np.random.Generator | None = None,
+    ops: Any = NUMPY,
+    processors: Iterable[Processor] = (),
 ) -> Callable[[Sequence[int], Logits], int]:
-    """Compose processors, temperature, filters and draw once; return ``sample(history, logits)``."""
+    """Compose processors, temperature, filters and draw once; return ``sample(history, logits)``.
+
+    ``processors``: the caller's own, run after the settings' (a constraint, a logit bias).
+    """
     params.validate()
     rng = rng if rng is not None else np.random.default_rng(params.seed)
-    processors = make_processors(params, ops)
+    chain = make_processors(params, ops, processors)
 
     def sample(history: Sequence[int], logits: Logits) -> int:
         logits = ops.asarray(logits)
-        for proc in processors:
+        for proc in chain:
             logits = proc(history, logits)
         if params.greedy:
             return ops.argmax(logits)
@@ -163,5 +178,6 @@ def make_sampler(
         logits = min_p(logits, params.min_p, ops)
         return draw(logits, 1.0 - rng.random(), ops)
 
-    sample.needs_history = bool(processors)  # False: the loop may run one step ahead (MLX)
+    sample.processors = tuple(chain)
+    sample.needs_history = any(needs_history(p) for p in chain)  # False: the loop may run one step ahead (MLX)
     return sample

@@ -7,14 +7,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 from mlxgen import backends, chat, hardware, sources
+from mlxgen.backends.base import Backend, Pipelined
 from mlxgen.config import Config
-from mlxgen.loop import Event, generate
-from mlxgen.sampling import NUMPY, SamplingParams, make_sampler
+from mlxgen.loop import Done, Event, generate
+from mlxgen.prompt_cache import PromptCache
+from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_sampler
 from mlxgen.tokenizer import Tokenizer
 
 
@@ -31,50 +32,28 @@ class Plan:
 def plan(cfg: Config, facts: hardware.Facts | None = None) -> Plan:
     facts = facts or hardware.gather_facts()
     choice = hardware.detect(facts, cfg.backend)
-    model = sources.describe_llm(cfg.llm)
-    if choice.backend == "mlx":
-        mlx = cfg.llm.mlx
-        if mlx.path:
-            model = f"local MLX folder {mlx.path}"
-        elif mlx.repo:
-            q = mlx.quantize
-            model = f"huggingface {mlx.repo} @ {mlx.revision} -> MLX {q.bits}-bit (group {q.group_size}), cached"
-        else:
-            model += " -> imported to MLX, cached"
+    model = backends.REGISTRY[choice.backend].describe_model(cfg)
     return Plan(cfg, choice, model, sources.describe_tokenizer(cfg.tokenizer, cfg.llm))
 
 
 def sampling_params(cfg: Config) -> SamplingParams:
-    inf = cfg.inference
-    return SamplingParams(
-        temperature=inf.temperature,
-        top_k=inf.top_k,
-        top_p=inf.top_p,
-        min_p=inf.min_p,
-        repetition_penalty=inf.repetition_penalty,
-        repetition_context=inf.repetition_context,
-        seed=inf.seed,
-    )
-
-
-def load_tokenizer(cfg: Config, weights: Path) -> Tokenizer:
-    configured = sources.resolve_tokenizer_file(cfg.tokenizer)
-    if configured is not None:
-        return Tokenizer.from_json(configured)
-    if weights.is_dir():
-        return Tokenizer.from_json(weights / "tokenizer.json")
-    return Tokenizer.from_gguf(weights)
+    return cfg.inference.sampling()
 
 
 @dataclass
 class Session:
     cfg: Config
     choice: hardware.Choice
-    backend: object
+    backend: Backend
     tokenizer: Tokenizer
     eos_ids: tuple[int, ...]
     template: chat.PromptSpec
     load_s: float
+    processors: tuple[Processor, ...] = ()  # logits processors every run of this session applies
+    cache: PromptCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = PromptCache(self.backend)
 
     def prompt(self, message: str) -> tuple[str, list[int]]:
         """The templated prompt text and its token ids."""
@@ -84,11 +63,15 @@ class Session:
     @property
     def ops(self):
         """The array ops the sampler runs on: the backend's own (MLX) or numpy."""
-        return getattr(self.backend, "sampling_ops", NUMPY)
+        return self.backend.sampling_ops if isinstance(self.backend, Pipelined) else NUMPY
 
-    def sampler(self, params: SamplingParams | None = None):
-        """A fresh sampler for this backend's arrays (the config's settings by default)."""
-        return make_sampler(params or sampling_params(self.cfg), ops=self.ops)
+    def sampler(self, params: SamplingParams | None = None, processors: Sequence[Processor] = ()):
+        """A fresh sampler for this backend's arrays (the config's settings by default).
+
+        ``processors``: the caller's own logits processors, after the settings' and the session's.
+        """
+        chain = (*self.processors, *processors)
+        return make_sampler(params or sampling_params(self.cfg), ops=self.ops, processors=chain)
 
     def generate(
         self,
@@ -97,12 +80,15 @@ class Session:
         max_tokens: int | None = None,
         cached: int = 0,
         sample=None,
+        processors: Sequence[Processor] = (),
+        stop: Sequence[str] | None = None,
     ) -> Iterator[Event]:
         """Generate after ``ids``; the backend's cache already holds ``ids[:cached]``.
 
-        ``sample``: a sampler to use instead of one built from the config.
+        ``sample``: a sampler to use instead of one built from the config (and ``processors``).
+        ``stop``: stop strings for this call instead of the config's.
         """
-        sample = sample or self.sampler()
+        sample = sample or self.sampler(processors=processors)
         return generate(
             self.backend,
             ids,
@@ -110,19 +96,38 @@ class Session:
             self.tokenizer.decode,
             max_tokens=max_tokens or self.cfg.inference.max_length,
             eos_ids=() if ignore_eos else self.eos_ids,
-            stop=self.cfg.inference.stop,
+            stop=self.cfg.inference.stop if stop is None else tuple(stop),
             cached=cached,
         )
+
+    def complete(self, ids: list[int], **kw) -> Iterator[Event]:
+        """:meth:`generate`, reusing the longest prefix of ``ids`` the cache already holds.
+
+        The reused count is in the Done event's ``stats.cached_tokens``; the cache's
+        record is updated before Done is handed out. Ctrl-C thrown in at a yield is
+        passed on to the loop, which ends the stream with reason ``interrupted``.
+        """
+        reused = self.cache.prepare(ids)
+        events = self.generate(ids, cached=reused, **kw)
+        event = next(events)
+        while not isinstance(event, Done):
+            try:
+                yield event
+                event = next(events)
+            except KeyboardInterrupt:
+                event = events.throw(KeyboardInterrupt)
+        self.cache.record(list(ids) + [tid for tid, _ in event.trace])
+        yield event
 
     def close(self) -> None:
         self.backend.close()
 
 
 def open_session(cfg: Config, choice: hardware.Choice) -> Session:
-    module = backends.load_module(choice.backend)
+    info, module = backends.REGISTRY[choice.backend], backends.load_module(choice.backend)
     t0 = time.perf_counter()
     weights = module.prepare(cfg)
-    tokenizer = load_tokenizer(cfg, weights)
+    tokenizer = info.open_tokenizer(cfg, weights)
     eos_ids = tokenizer.resolve_eos(cfg.tokenizer.eos_token)  # fails before the model loads
     backend = module.load(weights, cfg, choice)
     load_s = time.perf_counter() - t0
@@ -142,22 +147,6 @@ def prompt_spec(cfg: Config, tokenizer: Tokenizer) -> chat.PromptSpec:
     )
 
 
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
-                   "*.jinja"]
-
-
 def open_tokenizer(cfg: Config, choice: hardware.Choice) -> Tokenizer:
-    """The tokenizer a run on ``choice`` uses, without loading, converting or downloading the weights.
-
-    The same files ``prepare`` + ``load_tokenizer`` end up reading: an MLX conversion
-    copies its repo's tokenizer files, and a GGUF import writes the GGUF's own vocabulary.
-    """
-    configured = sources.resolve_tokenizer_file(cfg.tokenizer)
-    if configured is not None:
-        return Tokenizer.from_json(configured)
-    mlx = cfg.llm.mlx
-    if choice.backend == "mlx" and mlx.path:
-        return Tokenizer.from_json(Path(mlx.path).expanduser() / "tokenizer.json")
-    if choice.backend == "mlx" and mlx.repo:
-        return Tokenizer.from_json(sources.hf_snapshot(mlx.repo, mlx.revision, TOKENIZER_FILES) / "tokenizer.json")
-    return Tokenizer.from_gguf(sources.resolve_gguf(cfg.llm))
+    """The tokenizer a run on ``choice`` uses, without loading, converting or downloading the weights."""
+    return backends.REGISTRY[choice.backend].open_tokenizer(cfg, None)

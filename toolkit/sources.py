@@ -15,7 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 from mlxgen.config import LLMConfig, TokenizerConfig
-from mlxgen.errors import ModelError
+from mlxgen.errors import ModelError, first_line
 
 # Fail fast instead of hanging when the Hub is unreachable (huggingface_hub reads these).
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
@@ -151,4 +151,4 @@ def _hub_error(e: Exception, what: str) -> str:
         return f"{what}: file not found in the repository"
     if isinstance(e, OSError):
         return f"{what}: download failed: {e}"
-    return f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return f"{what}: {type(e).__name__}: {first_line(e) if str(e).strip() else ''}"

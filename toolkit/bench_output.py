@@ -1,0 +1,223 @@
+"""`mlxgen bench`'s output: the markdown table and footer, csv / json / jsonl records, the plot.
+
+Reads a finished ``mlxgen.bench.Report``; measures nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import statistics
+
+from mlxgen.bench import BackendRun, Report, Result, paired
+from mlxgen.errors import MlxgenError
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def _params(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def _device(run: BackendRun) -> str:
+    d = run.device.lower()
+    kind = "CPU" if d.startswith("cpu") else "Metal" if "metal" in d else "CUDA" if "cuda" in d else "GPU"
+    return f"{run.name} {kind}"
+
+
+def rows(report: Report) -> list[dict]:
+    """One row per (backend, test) for mlxgen's loop, with the native and cross-backend comparisons."""
+    base = report.backends[0].name if report.backends else None
+    out = []
+    for run, test in itertools.product(report.backends, report.settings.tests()):
+        ours = report.result(run.name, "mlxgen", test)
+        if ours is None:
+            continue
+        native = report.result(run.name, "native", test)
+        first = report.result(base, "mlxgen", test)
+        out.append({
+            "run": run,
+            "test": test,
+            "ours": ours,
+            "native": native,
+            "vs_base": ours.mean / first.mean if first else None,
+        })
+    return out
+
+
+def format_markdown(report: Report) -> str:
+    many = len(report.backends) > 1
+    native = report.settings.vs_native
+    head = ["model", "size", "params", "backend", "threads", "test", "t/s", "ttft ms"]
+    align = ["---", "---:", "---:", "---", "---:", "---:", "---:", "---:"]
+    if native:
+        head += ["native t/s", "ours/native", "overhead µs/tok"]
+        align += ["---:", "---:", "---:"]
+    if many:
+        head.append(f"vs {report.backends[0].name}")
+        align.append("---:")
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+    for row in rows(report):
+        run, ours, nat = row["run"], row["ours"], row["native"]
+        cells = [
+            run.model, _size(run.size_bytes), _params(run.params), _device(run), str(run.threads or "-"),
+            row["test"].name, _ts(ours, report), f"{statistics.fmean(ours.ttft_s) * 1e3:.1f}",
+        ]
+        if native:
+            ratio, overhead = paired(ours, nat) if nat else (None, None)
+            cells += [_ts(nat, report), f"{ratio:.3f}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
+        if many:
+            cells.append("-" if row["vs_base"] is None else f"{row['vs_base']:.2f}×")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [footer(report)] + [
+        f"{run.name}: {run.source}{f' ({run.note})' if run.note else ''} · {run.device} · "
+        f"load {run.load_s:.2f} s first, {run.reload_s:.2f} s again · peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)}"
+        + (f" · {run.name} allocator peak {_size(run.device_peak_bytes)}" if run.device_peak_bytes else "")
+        for run in report.backends
+    ]
+    lines += [f"failed: {e}" for e in report.errors]
+    if report.interrupted:
+        lines.append("interrupted: the table holds what finished (n=k: a test cut short after k runs)")
+    return "\n".join(lines)
+
+
+def _ts(result: Result, report: Report) -> str:
+    short = len(result.tps) < report.settings.repetitions
+    return f"{result.mean:.2f} ± {result.stdev:.2f}" + (f" (n={len(result.tps)})" if short else "")
+
+
+def _rss_note(run: BackendRun) -> str:
+    if run.peak_rss_scope != "backend":
+        return " (process peak so far)"
+    if run.rss_start_bytes and run.peak_rss_bytes:
+        return f" (+{_size(run.peak_rss_bytes - run.rss_start_bytes)} over the {_size(run.rss_start_bytes)} before its load)"
+    return ""
+
+
+def footer(report: Report) -> str:
+    env, s = report.environment, report.settings
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
+    return (
+        f"mlxgen {env['mlxgen']}" + (f" ({libs})" if libs else "") + f" · {env['platform']}, {env['chip']}, "
+        f"{env['cpus']} CPUs · trace seed {report.trace_seed}, {s.repetitions} runs after {s.warmup} warm-up, "
+        "mean ± sd" + ("; ours/native and overhead: medians over interleaved pairs" if s.vs_native else "")
+    )
+
+
+def records(report: Report) -> list[dict]:
+    """Every result with every setting: one flat record per (backend, loop, test)."""
+    s, env = report.settings, report.environment
+    runs = {r.name: r for r in report.backends}
+    out = []
+    for r in report.results:
+        run = runs[r.backend]
+        out.append({
+            "mlxgen": env["mlxgen"], "libraries": env["libraries"], "platform": env["platform"], "chip": env["chip"],
+            "cpus": env["cpus"], "config": env.get("config"), "model_source": run.source, "model": run.model,
+            "import": run.note, "n_ctx": run.n_ctx, "n_gpu_layers": run.n_gpu_layers,
+            "prefill_chunk": run.prefill_chunk, "build": run.build,
+            "size_bytes": run.size_bytes, "params": run.params, "backend": r.backend, "device": run.device,
+            "threads": run.threads, "loop": r.loop, "test": r.test.name, "kind": r.test.kind, "n": r.test.n,
+            "depth": r.test.depth, "repetitions": s.repetitions, "warmup": s.warmup, "seed": s.seed,
+            "avg_ts": r.mean, "stddev_ts": r.stdev, "samples_ts": r.tps, "samples_ttft_s": r.ttft_s,
+            "load_s": run.load_s, "reload_s": run.reload_s, "peak_rss_bytes": run.peak_rss_bytes,
+            "rss_start_bytes": run.rss_start_bytes, "device_peak_bytes": run.device_peak_bytes,
+            "interrupted": report.interrupted,
+        })
+    return out
+
+
+def format_json(report: Report) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "settings": dataclasses.asdict(report.settings),
+            "environment": report.environment,
+            "model_source": report.model_source,
+            "backends": [dataclasses.asdict(b) for b in report.backends],
+            "results": records(report),
+            "errors": report.errors,
+            "trace": report.trace,
+            "interrupted": report.interrupted,
+        },
+        indent=2,
+        ensure_ascii=False,
+    )
+
+
+def format_jsonl(report: Report) -> str:
+    import json
+
+    return "\n".join(json.dumps(r, ensure_ascii=False) for r in records(report))
+
+
+def format_csv(report: Report) -> str:
+    import csv
+    import io
+    import json
+
+    recs = records(report)
+    buf = io.StringIO()
+    if recs:
+        writer = csv.DictWriter(buf, fieldnames=list(recs[0]), lineterminator="\n")
+        writer.writeheader()
+        for rec in recs:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in rec.items()})
+    return buf.getvalue().rstrip("\n")
+
+
+FORMATS = {"md": format_markdown, "csv": format_csv, "json": format_json, "jsonl": format_jsonl}
+
+
+def check_plot_path(path: str) -> None:
+    """Fail before any work if the plot cannot be written or drawn."""
+    import importlib.util
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise MlxgenError(f"--plot {path}: is a folder; name a file such as bench.png")
+    if not os.path.isdir(folder):
+        raise MlxgenError(f"--plot {path}: its folder does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise MlxgenError(f"--plot {path}: not writable")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MlxgenError('--plot needs matplotlib, which is not installed: pip install "mlxgen[plot]"')
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext not in kinds:
+        raise MlxgenError(f"--plot {path}: unknown image type {ext or '(none)'!r}; use one of {', '.join(sorted(kinds))}")
+
+
+def plot(report: Report, path: str) -> None:
+    """A bar chart of t/s per test, one bar per backend and loop, with ±sd error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = [t for t in report.settings.tests() if any(r.test == t for r in report.results)]
+    series = list(dict.fromkeys((r.backend, r.loop) for r in report.results))
+    fig, axes = plt.subplots(1, len(tests), figsize=(3.2 * len(tests) + 1, 4), squeeze=False)
+    for ax, test in zip(axes[0], tests):
+        found = [(f"{b}\n{loop}", report.result(b, loop, test)) for b, loop in series]
+        found = [(label, r) for label, r in found if r]
+        ax.bar(range(len(found)), [r.mean for _, r in found], yerr=[r.stdev for _, r in found], capsize=4,
+               color=[f"C{series.index((r.backend, r.loop))}" for _, r in found])
+        ax.set_xticks(range(len(found)), [label for label, _ in found], fontsize=8)
+        ax.set_title(test.name)
+        ax.set_ylabel("tokens/s")
+    fig.suptitle(f"mlxgen bench · {report.backends[0].model if report.backends else ''}", fontsize=10)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise MlxgenError(f"--plot {path}: cannot write ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
