@@ -248,3 +248,19 @@ def test_run_imports_llama_cpp_before_numpy_and_tokenizers(cache_env):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, **cache_env})
     order = eval(proc.stderr.decode().strip().splitlines()[-1])
     assert order[0] == "llama_cpp", order
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (("run", "hi", "--temprature", "0"), "mlxgen run: unknown option --temprature; did you mean --temperature?"),
+        (("run", "hi", "--max-token", "3"), "mlxgen run: unknown option --max-token; did you mean --max-tokens?"),
+        (("chta",), "unknown command 'chta'; did you mean chat?"),
+        (("run", "hi", "--top-k", "many"), "'many' is not a valid integer"),
+    ],
+)
+def test_usage_mistakes_are_one_line_with_a_real_suggestion(cache_env, args, line):
+    proc = mlxgen(*args, env=cache_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1 and err.startswith("mlxgen: error: "), err
+    assert line in err and "Usage:" not in err

@@ -133,9 +133,9 @@ def test_a_directory_is_not_a_config(tmp_path):
     assert "not a file" in config_error(tmp_path)
 
 
-def test_empty_file_gives_the_defaults(write):
-    cfg = load_config(write(""))
-    assert dataclasses.replace(cfg, source="<defaults>") == Config()
+def test_empty_file_gives_the_default_preset(write):
+    cfg = load_config(write(""))  # no model named: the default preset's, with its settings
+    assert dataclasses.replace(cfg, source="x") == dataclasses.replace(load_config(None), source="x")
 
 
 # ------------------------------------------------------------------------- overrides
@@ -272,3 +272,53 @@ def test_top_level_must_be_a_mapping(write):
 def test_llm_repo_needs_a_file(write):
     message = config_error(write("llm:\n  repo: some/repo\n"))
     assert message.startswith("llm.repo:") and "llm.file" in message
+
+
+# ------------------------------------------------------------------ inheritance (issue 18)
+
+
+def test_a_config_without_a_model_uses_the_default_presets(tmp_path):
+    path = tmp_path / "partial.yaml"
+    path.write_text("inference: {temperature: 0, max_length: 20}\n")
+    cfg = load_config(str(path))
+    default = load_config(None)
+    assert (cfg.llm.package, cfg.llm.file) == (default.llm.package, default.llm.file)
+    assert cfg.tokenizer.eos_token == default.tokenizer.eos_token
+    assert (cfg.inference.temperature, cfg.inference.max_length) == (0, 20)
+    assert "extends preset smollm2-135m" in cfg.source
+
+
+def test_a_config_with_its_own_model_inherits_nothing(tmp_path):
+    path = tmp_path / "own.yaml"
+    path.write_text("llm: {path: model.gguf}\n")
+    cfg = load_config(str(path))
+    assert (cfg.llm.path, cfg.llm.package, cfg.tokenizer.eos_token) == ("model.gguf", None, ())
+
+
+def test_a_model_flag_keeps_the_default_presets_tokenizer_out(tmp_path):
+    path = tmp_path / "partial.yaml"
+    path.write_text("inference: {temperature: 0}\n")
+    cfg = load_config(str(path), {"llm.path": "other.gguf"})
+    assert (cfg.llm.path, cfg.llm.package, cfg.tokenizer.eos_token) == ("other.gguf", None, ())
+
+
+def test_extends_puts_a_config_on_top_of_a_preset(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: qwen3-4b\ninference: {temperature: 0.2}\n")
+    cfg = load_config(str(path))
+    assert (cfg.llm.repo, cfg.llm.mlx.repo, cfg.inference.temperature, cfg.inference.top_k) == (
+        "unsloth/Qwen3-4B-GGUF", "Qwen/Qwen3-4B", 0.2, 50)
+    assert cfg.source.endswith("(extends preset qwen3-4b)")
+
+
+def test_extends_a_file_and_refuses_a_circle(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("llm: {path: base.gguf}\ninference: {top_k: 7}\n")
+    top = tmp_path / "top.yaml"
+    top.write_text(f"extends: {base}\ninference: {{top_k: 8, min_p: 0.1}}\n")
+    cfg = load_config(str(top))
+    assert (cfg.llm.path, cfg.inference.top_k, cfg.inference.min_p) == ("base.gguf", 8, 0.1)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="more than 8 configs deep"):
+        load_config(str(loop))

@@ -309,6 +309,8 @@ def _triggers():
     T["config-unreadable"] = lambda w, mp: config(w, b"inference:\n  stop: ['caf\xe9']\n")
     T["config-too-large"] = lambda w, mp: config(w, "#" * 2_000_000)
     T["config-yaml"] = lambda w, mp: config(w, "inference:\n  top_k: [1\n")
+    T["config-extends"] = lambda w, mp: config(w, "extends: [qwen3-4b]\n")
+    T["config-extends-deep"] = lambda w, mp: lib(load_config, write(w, "loop.yaml", f"extends: {w / 'loop.yaml'}\n"))
     T["config-yaml-deep"] = lambda w, mp: config(w, "a: " + "[" * 5000 + "]" * 5000 + "\n")
     T["config-top-level"] = lambda w, mp: config(w, "- 1\n- 2\n")
     T["config-mapping"] = lambda w, mp: config(w, "inference: 3\n")
@@ -418,6 +420,10 @@ def _triggers():
     T["mlx-load"] = lambda w, mp: mlx_load_error(w, '{"model_type": "no_such_arch"}', safetensors_bytes())
     T["mlx-load-missing"] = lambda w, mp: mlx_load_error(w, None)
     T["mlx-trim"] = lambda w, mp: mlx_trim_error(mp)
+    # usage
+    T["cli-unknown-option"] = lambda w, mp: cli("run", "hi", "--temprature", "0")
+    T["cli-unknown-command"] = lambda w, mp: cli("chta")
+    T["cli-usage"] = lambda w, mp: cli("run", "hi", "--top-k", "many")
     # backends
     T["backend-missing"] = lambda w, mp: missing_backend(mp)
     T["backend-broken"] = lambda w, mp: broken_backend(mp)

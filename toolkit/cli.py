@@ -18,7 +18,21 @@ from mlxgen.errors import MlxgenError, PromptError
 
 
 class _Group(click.Group):
-    """Turn mlxgen's user errors into one line on stderr and a non-zero exit."""
+    """Turn mlxgen's user errors, and Click's usage errors, into one line on stderr and a non-zero exit."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            click.echo(f"mlxgen: error: {usage_line(e)}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:  # Ctrl-C inside a Click prompt
+            click.echo("\nmlxgen: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:  # a bad file argument, say
+            click.echo(f"mlxgen: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) comes back as n
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -32,6 +46,25 @@ class _Group(click.Group):
         except BrokenPipeError:  # `mlxgen run ... | head`
             sys.stderr.close()
             ctx.exit(1)
+
+
+def usage_line(e: click.UsageError) -> str:
+    """A usage error as one line, with the closest real option or command and where help is."""
+    import difflib
+
+    ctx = e.ctx
+    where = f"'{ctx.command_path} --help'" if ctx else "'mlxgen --help'"
+    if isinstance(e, click.NoSuchOption) and ctx is not None:
+        known = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+        close = difflib.get_close_matches(e.option_name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"{ctx.command_path}: unknown option {e.option_name}{hint} (see {where})"
+    message = " ".join(e.format_message().split())
+    if ctx is not None and isinstance(ctx.command, click.Group) and message.startswith("No such command"):
+        name = message.split("'")[1] if "'" in message else ""
+        close = difflib.get_close_matches(name, list(ctx.command.commands), n=1, cutoff=0.6)
+        return f"unknown command {name!r}" + (f"; did you mean {close[0]}?" if close else "") + f" (see {where})"
+    return f"{ctx.command_path + ': ' if ctx else ''}{message} (see {where})"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -200,12 +200,70 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     """Load a YAML file (or a preset name, or the default preset) and apply dotted overrides."""
     text, source = _read_source(path)
     raw = _parse_yaml(text, source)
+    raw, source = _inherit(raw, source, overrides or {}, user_file=path is not None and not source.startswith("preset "))
     for dotted, value in (overrides or {}).items():  # None clears a key back to its default
         _set_dotted(raw, dotted, value)
     cfg = _build(Config, raw, "")
     cfg = dataclasses.replace(cfg, source=source)
     cfg.validate()
     return cfg
+
+
+MODEL_KEYS = ("llm.path", "llm.package", "llm.repo", "llm.file", "llm.mlx.repo", "llm.mlx.path")
+MAX_EXTENDS = 8
+
+
+def _inherit(raw: dict[str, Any], source: str, overrides: Mapping[str, Any], user_file: bool) -> tuple[dict, str]:
+    """``extends: PRESET|FILE`` puts the config on top of that one; a user's config that
+    names no model (and no ``--model``) is put on top of the default preset, model included."""
+    chain = [source]
+    while "extends" in raw:
+        base = raw.pop("extends")
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{source}: extends: expected a preset name or a config file, got {_type_name(base)} "
+                              f"{show(base)}")
+        if len(chain) > MAX_EXTENDS:
+            raise ConfigError(f"{source}: extends: more than {MAX_EXTENDS} configs deep ({' -> '.join(chain)})")
+        text, base_source = _read_source(base)
+        raw = _merge(_parse_yaml(text, base_source), raw)
+        chain.append(base_source)
+    if user_file and len(chain) == 1 and not _names_model(raw) and not any(
+        overrides.get(k) is not None for k in MODEL_KEYS
+    ):
+        text, base_source = _read_source(DEFAULT_PRESET)
+        raw = _merge(_parse_yaml(text, base_source), raw)
+        chain.append(f"{base_source}, for its model")
+    return raw, chain[0] + "".join(f" (extends {c})" for c in chain[1:])
+
+
+def _names_model(raw: dict[str, Any]) -> bool:
+    def get(dotted: str) -> Any:
+        node: Any = raw
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    return any(get(k) is not None for k in MODEL_KEYS)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
+    """``top`` over ``base``, section by section (a mapping in both is merged, anything else
+    replaced). A key in ``top`` replaces every spelling of the same setting in ``base``
+    (``max_tokens`` over a preset's ``max_length``)."""
+    cls = cls or Config
+    aliases: dict[str, str] = dict(getattr(cls, "_aliases", {}))
+    hints = typing.get_type_hints(cls)
+    out = dict(base)
+    for key, value in top.items():
+        name = aliases.get(str(key), str(key))
+        for other in [k for k in out if aliases.get(str(k), str(k)) == name and k not in top]:
+            del out[other]
+        inner = hints.get(name)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and dataclasses.is_dataclass(inner):
+            out[key] = _merge(out[key], value, inner)
+        else:
+            out[key] = value
+    return out
 
 
 def _read_source(path: str | Path | None) -> tuple[str, str]:
