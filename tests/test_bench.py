@@ -67,6 +67,11 @@ class TimedBackend(FakeBackend):
         pass
 
 
+def QUIET() -> dict:
+    """A machine with nothing else running (the real one may be busy while tests run)."""
+    return {"loadavg": 0.1, "cpu_total": 1000, "cpu_steal": 0}
+
+
 class FakeSession:
     def __init__(self, backend) -> None:
         self.backend, self.tokenizer, self.load_s, self.closed = backend, FakeTokenizer(), 0.5, 0
@@ -88,6 +93,7 @@ def opener(backends: dict):
 
 def run(settings, backends, clock, **kw):
     cfg = load_config(None, {"llm.n_ctx": 4096})
+    kw.setdefault("load", QUIET)
     return bench.run_bench(cfg, list(backends), settings, FACTS, open_session=opener(backends), clock=clock, **kw)
 
 
@@ -281,3 +287,25 @@ def test_an_unwritable_plot_path_is_refused_before_work(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(MlxgenError, match="not writable"):
             bench_output.check_plot_path(str(locked / "x.png"))
+
+
+def test_noisy_rows_and_a_busy_machine_are_flagged(clock):
+    """A ratio whose own spread says otherwise is marked, not printed as proof (issue 18)."""
+    costs = [(0.02, 0.004), (0.05, 0.01)] * 3  # every other run 2.5x slower: CV far above 10%
+    backends = {"llama.cpp": TimedBackend(clock, costs, native_costs=(0.02, 0.004))}
+    loads = iter([{"loadavg": 0.5, "cpu_total": 1000, "cpu_steal": 0}, {"loadavg": 3.5, "cpu_total": 2000, "cpu_steal": 50}])
+    report = run(bench.Settings((32,), (8,), repetitions=4, warmup=0, vs_native=True), backends, clock,
+                 load=lambda: next(loads))
+    md = bench_output.format_markdown(report)
+    assert "⚠" in md.splitlines()[2] and " †" in md.splitlines()[2]
+    assert "⚠ runs spread more than 10%" in md and "† not a verdict" in md
+    assert "warning: the machine was busy during the run (load average up to 3.5 on 2 CPUs, steal 5.0%)" in md
+    rec = json.loads(bench_output.format_json(report))["results"][0]
+    assert rec["unstable"] and rec["cv"] > 0.1 and rec["machine_busy"]
+
+
+def test_steady_rows_carry_no_marks(clock):
+    backends = {"llama.cpp": TimedBackend(clock, [(0.02, 0.004)], native_costs=(0.02, 0.004))}
+    md = bench_output.format_markdown(run(bench.Settings((32,), (8,), repetitions=4, warmup=0, vs_native=True),
+                                          backends, clock))
+    assert "⚠" not in md and "†" not in md and "busy" not in md

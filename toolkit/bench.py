@@ -120,6 +120,29 @@ class Result:
     def stdev(self) -> float:
         return statistics.stdev(self.tps) if len(self.tps) > 1 else 0.0
 
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of the runs (sd / mean)."""
+        return self.stdev / self.mean if self.tps and self.mean else 0.0
+
+
+UNSTABLE_CV = 0.10  # runs spread wider than this are too noisy to publish as a number
+PAIRS_DISAGREE = 0.10  # interleaved ours/native ratios further apart than this: no verdict
+
+
+def unstable(result: Result) -> bool:
+    return result.cv > UNSTABLE_CV
+
+
+def pairs_disagree(ours: Result, native: Result) -> bool:
+    """The interleaved pairs' ratios spread more than PAIRS_DISAGREE around their median."""
+    ratios = sorted(a / b for a, b in zip(ours.tps, native.tps))
+    if len(ratios) < 2:
+        return False
+    mid = statistics.median(ratios)
+    q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+    return (q3 - q1) / mid > PAIRS_DISAGREE
+
 
 @dataclass
 class BackendRun:
@@ -266,6 +289,7 @@ def run_bench(
     open_session: Callable | None = None,
     clock: Clock = time.perf_counter,
     progress: Callable[[str], None] = lambda _: None,
+    load: Callable[[], dict] | None = None,
 ) -> Report:
     """Run every test on every named backend; Ctrl-C ends early with what finished.
 
@@ -283,6 +307,8 @@ def run_bench(
     cfg = bench_config(cfg)
     report = Report(settings, sources.describe_llm(cfg.llm), settings.seed, environment=environment(facts, names))
     report.environment["config"] = cfg.source
+    load = load or machine_load
+    busy_start = load()
     try:
         for name in names:
             try:
@@ -295,6 +321,7 @@ def run_bench(
     except KeyboardInterrupt:
         report.interrupted = True
     report.results = [r for r in report.results if r.tps]
+    report.environment["load"] = load_report(busy_start, load(), facts.cpu_count)
     if not report.backends and report.errors and not report.interrupted:
         raise MlxgenError(f"bench: no backend ran; {'; '.join(report.errors)}")
     return report
@@ -416,6 +443,35 @@ def peak_rss() -> tuple[int | None, str]:
     """(peak resident bytes, scope): since the last reset on Linux, else the process's peak."""
     peak = _proc_status_bytes("VmHWM")
     return (peak, "backend") if peak is not None else (render.process_peak_bytes(), "process")
+
+
+def machine_load() -> dict:
+    """The 1-minute load average and the CPU time counters (steal included) right now."""
+    import os
+
+    out: dict = {"time": time.monotonic()}
+    try:
+        out["loadavg"] = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        out["cpu_total"], out["cpu_steal"] = sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def load_report(start: dict, end: dict, cpus: int) -> dict:
+    """Was the machine busy while bench ran? Load above the core count (more runnable
+    threads than cores) or more than 2% steal time means the numbers may be off."""
+    load = max((x["loadavg"] for x in (start, end) if "loadavg" in x), default=None)
+    steal = None
+    if "cpu_total" in start and "cpu_total" in end and end["cpu_total"] > start["cpu_total"]:
+        steal = (end["cpu_steal"] - start["cpu_steal"]) / (end["cpu_total"] - start["cpu_total"])
+    busy = (load is not None and load > cpus) or (steal is not None and steal > 0.02)
+    return {"loadavg_max": load, "steal": steal, "cpus": cpus, "busy": busy}
 
 
 def environment(facts: hardware.Facts, names: list[str]) -> dict:

@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import statistics
 
-from mlxgen.bench import BackendRun, Report, Result, paired
+from mlxgen.bench import BackendRun, Report, Result, paired, pairs_disagree, unstable
 from mlxgen.errors import MlxgenError
 
 
@@ -67,11 +67,13 @@ def format_markdown(report: Report) -> str:
         ]
         if native:
             ratio, overhead = paired(ours, nat) if nat else (None, None)
-            cells += [_ts(nat, report), f"{ratio:.3f}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
+            mark = " †" if nat and (pairs_disagree(ours, nat) or unstable(ours) or unstable(nat)) else ""
+            cells += [_ts(nat, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
         if many:
             cells.append("-" if row["vs_base"] is None else f"{row['vs_base']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += notes(report)
     lines += [footer(report)] + [
         f"{run.name}: {run.source}{f' ({run.note})' if run.note else ''} · {run.device} · "
         f"load {run.load_s:.2f} s first, {run.reload_s:.2f} s again · peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)}"
@@ -86,7 +88,35 @@ def format_markdown(report: Report) -> str:
 
 def _ts(result: Result, report: Report) -> str:
     short = len(result.tps) < report.settings.repetitions
-    return f"{result.mean:.2f} ± {result.stdev:.2f}" + (f" (n={len(result.tps)})" if short else "")
+    return (f"{result.mean:.2f} ± {result.stdev:.2f}" + (" ⚠" if unstable(result) else "")
+            + (f" (n={len(result.tps)})" if short else ""))
+
+
+def notes(report: Report) -> list[str]:
+    """Footnotes for the marks in the table, and a warning if the machine was busy."""
+    from mlxgen.bench import PAIRS_DISAGREE, UNSTABLE_CV
+
+    out = []
+    if any(unstable(r) for r in report.results):
+        out.append(f"⚠ runs spread more than {UNSTABLE_CV:.0%} (sd/mean): too noisy to trust; "
+                   "rerun on a quiet machine or with more -r")
+    if report.settings.vs_native and any("†" in line for line in _ratio_marks(report)):
+        out.append(f"† not a verdict: the runs are noisy or the interleaved ours/native ratios disagree "
+                   f"(interquartile spread above {PAIRS_DISAGREE:.0%})")
+    load = report.environment.get("load") or {}
+    if load.get("busy"):
+        steal = load.get("steal")
+        out.append(f"warning: the machine was busy during the run (load average up to {load['loadavg_max']:.1f} "
+                   f"on {load['cpus']} CPUs" + (f", steal {steal:.1%}" if steal else "") + "): numbers may be low "
+                   "and ratios unreliable")
+    return out
+
+
+def _ratio_marks(report: Report) -> list[str]:
+    return [
+        "†" for row in rows(report) if row["native"] and (
+            pairs_disagree(row["ours"], row["native"]) or unstable(row["ours"]) or unstable(row["native"]))
+    ]
 
 
 def _rss_note(run: BackendRun) -> str:
@@ -122,7 +152,8 @@ def records(report: Report) -> list[dict]:
             "size_bytes": run.size_bytes, "params": run.params, "backend": r.backend, "device": run.device,
             "threads": run.threads, "loop": r.loop, "test": r.test.name, "kind": r.test.kind, "n": r.test.n,
             "depth": r.test.depth, "repetitions": s.repetitions, "warmup": s.warmup, "seed": s.seed,
-            "avg_ts": r.mean, "stddev_ts": r.stdev, "samples_ts": r.tps, "samples_ttft_s": r.ttft_s,
+            "avg_ts": r.mean, "stddev_ts": r.stdev, "cv": r.cv, "unstable": unstable(r),
+            "samples_ts": r.tps, "samples_ttft_s": r.ttft_s, "machine_busy": bool((env.get("load") or {}).get("busy")),
             "load_s": run.load_s, "reload_s": run.reload_s, "peak_rss_bytes": run.peak_rss_bytes,
             "rss_start_bytes": run.rss_start_bytes, "device_peak_bytes": run.device_peak_bytes,
             "interrupted": report.interrupted,
