@@ -33,7 +33,7 @@ def test_second_turn_prefills_only_new_tokens_and_reset_clears(env):
     assert (t1["reused_tokens"], t1["new_tokens"]) == (0, t1["prompt_tokens"])
     # turn 2 reuses turn 1's prompt and answer (llama.cpp never steps the last sampled token)
     assert t2["reused_tokens"] == t1["prompt_tokens"] + t1["stats"]["generated_tokens"] - 1
-    assert t2["new_tokens"] == t2["prompt_tokens"] - t2["reused_tokens"] == t2["stats"]["prompt_tokens"]
+    assert t2["new_tokens"] == t2["prompt_tokens"] - t2["reused_tokens"] == t2["stats"]["prefilled_tokens"]
     assert t2["new_tokens"] < 20  # "<|im_end|>\n<|im_start|>user\nAnd another one?<|im_end|>\n..." only
     # after /reset: nothing reused, and the same answer as a fresh run of the same question
     assert (t3["reused_tokens"], t3["new_tokens"]) == (0, t3["prompt_tokens"])

@@ -53,7 +53,7 @@ def test_run_streams_text_to_stdout_and_stats_to_stderr(cache_env):
         assert word in err
         assert word not in out
     js = json.loads(mlxgen("run", PROMPT, "--temperature", "0", "-n", "24", "--json", env=cache_env).stdout)
-    assert out == js["text"] + "\n"  # stdout is exactly the generated text
+    assert out == js["text"]  # stdout (not a terminal) is exactly the generated text, no newline added
 
 
 def test_json_output(cache_env):
@@ -156,7 +156,7 @@ def test_ctrl_c_keeps_text_and_exits_130(cache_env):
     assert proc.returncode == 130, err.decode()
     assert "stop: interrupted" in err.decode()
     assert "Traceback" not in err.decode()
-    assert len(first + rest) > 20
+    assert len(first + rest) >= 20  # the text so far is kept (piped: no newline is added)
 
 
 # ------------------------------------------------------------------ bad input
@@ -264,3 +264,11 @@ def test_usage_mistakes_are_one_line_with_a_real_suggestion(cache_env, args, lin
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.count("\n") == 1 and err.startswith("mlxgen: error: "), err
     assert line in err and "Usage:" not in err
+
+
+def test_json_counts_agree_with_each_other(cache_env):
+    """tokens had 37 ids beside generated_tokens 38 with nothing saying why (issue 18)."""
+    data = json.loads(mlxgen("run", "Say hi.", "--temperature", "0", "-n", "200", "--json", env=cache_env).stdout)
+    assert data["stop_reason"] == "eos" and data["stop_token"] is not None
+    assert len(data["tokens"]) + 1 == data["stats"]["generated_tokens"]  # the EOS is generated, not text
+    assert data["prompt_tokens"] == data["stats"]["prompt_tokens"] == data["stats"]["prefilled_tokens"]

@@ -358,7 +358,7 @@ def test_repl_json_lines(capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0, err
     assert [d.get("turn") for d in lines[:2]] == [1, 2]
-    assert lines[1]["reused_tokens"] > 0 and lines[1]["new_tokens"] == lines[1]["stats"]["prompt_tokens"]
+    assert lines[1]["reused_tokens"] > 0 and lines[1]["new_tokens"] == lines[1]["stats"]["prefilled_tokens"]
     assert lines[2]["stats"]["turns"] == 2
 
 
@@ -391,3 +391,11 @@ def test_fake_backend_logits_are_sane():
     tok = FakeTokenizer()
     b = RecordingBackend(tok)
     assert int(np.argmax(b.prefill([1, 2]))) == tok.piece("o")
+
+
+def test_set_with_a_typo_suggests_the_setting():
+    conv, _ = make_conv()
+    with pytest.raises(ConfigError, match=r"/set temprature: unknown setting; did you mean temperature\? one of"):
+        conv.set("temprature", "0.5")
+    with pytest.raises(ConfigError, match=r"/set top-q: unknown setting; did you mean top_p\?"):
+        conv.set("top-q", "0.5")

@@ -332,6 +332,7 @@ def _triggers():
     T["chat-template-render"] = lambda w, mp: chat_template_error("{{ messages[0]['content'] / 2 }}")
     # input
     T["prompt-none"] = lambda w, mp: lib(read_prompt_tty, None)
+    T["prompt-both"] = lambda w, mp: cli("run", "hi", "-p", "there")
     T["prompt-empty"] = lambda w, mp: [lib(read_prompt_tty, "   "), lib(loop_error, [])]
     T["prompt-utf8"] = lambda w, mp: cli("run", input=b"caf\xe9 \xff")
     T["prompt-too-long"] = lambda w, mp: lib(loop_error, list(range(300)), n_ctx=256)

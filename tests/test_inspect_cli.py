@@ -180,3 +180,21 @@ def test_logprobs_line_up_with_tokens_when_eos_stops(env, tmp_path):
     assert data["stop_logprob"]["text"] == "<|im_end|>"
     generated = json.loads(trace.read_text())["generated"]  # the trace lists the EOS token too
     assert [g["id"] for g in generated] == data["tokens"] + [data["stop_logprob"]["id"]]
+
+
+def test_piped_stdin_gives_the_same_tokens_to_run_and_tokens(env):
+    """`echo "hello world" | mlxgen tokens` counted the newline echo adds; `run` did not (issue 18)."""
+    count = json.loads(mlxgen("tokens", "--json", input=b"hello world\n", env=env).stdout)
+    assert count == json.loads(mlxgen("tokens", "hello world", "--json", env=env).stdout)
+    ran = json.loads(mlxgen("run", "--raw", "--json", "-n", "1", "--temperature", "0", input=b"hello world\n",
+                            env=env).stdout)
+    assert ran["prompt_tokens"] == count["tokens"] == 2
+
+
+def test_run_takes_the_prompt_as_p_and_f_like_llama_cli(env, tmp_path):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("Name a color.")
+    runs = [mlxgen("run", *args, "--temperature", "0", "-n", "8", "--json", env=env) for args in (
+        ("Name a color.",), ("-p", "Name a color."), ("-f", str(prompt)))]
+    texts = [json.loads(r.stdout)["text"] for r in runs]
+    assert texts[0] == texts[1] == texts[2] and texts[0]

@@ -421,7 +421,7 @@ def test_cached_prefix_is_not_prefilled_again(tok, pipelined):
     _, done = finish(tok, backend, max_tokens=2, cached=5)
     assert backend.prefilled == PROMPT[5:]
     assert backend.cache[: len(PROMPT)] == PROMPT
-    assert (done.stats.prompt_tokens, done.stats.cached_tokens) == (len(PROMPT) - 5, 5)
+    assert (done.stats.prompt_tokens, done.stats.cached_tokens, done.stats.prefilled_tokens) == (len(PROMPT), 5, len(PROMPT) - 5)
     assert done.text == "ok"
 
 

@@ -183,3 +183,38 @@ def test_random_chunking_without_a_stop_releases_everything(seed):
     cuts = sorted(rnd.sample(range(1, len(text)), 20))
     chunks = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
     assert feed_all(StopMatcher(["END"]), chunks) == (text, False)
+
+
+class _Out:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.data = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.data += text
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "tty, end, text, shown",
+    [
+        (False, "exact", "hello", "hello"),  # piped: exactly the text (issue 18)
+        (False, "exact", "line\n", "line\n"),
+        (True, "exact", "hello", "hello\n"),  # a terminal: the prompt starts on its own line
+        (True, "exact", "line\n", "line\n"),  # ... without a doubled newline
+        (False, "line", "answer", "answer\n"),  # chat: one answer per line
+    ],
+)
+def test_stream_ends_with_a_newline_only_where_it_belongs(monkeypatch, tty, end, text, shown):
+    from mlxgen import render
+    from mlxgen.loop import Done, Stats, TokenEvent
+
+    out = _Out(tty)
+    monkeypatch.setattr(render.sys, "stdout", out)
+    events = iter([TokenEvent(1, text, 0.0), Done("eos", text, [1], Stats())])
+    render.stream(events, end=end)
+    assert out.data == shown

@@ -107,12 +107,18 @@ def config_options(f):
         click.option("--think/--no-think", "thinking", default=None, help="Thinking switch (Qwen3 style)."),
         click.option("--raw", is_flag=True, default=None, help="No chat template: plain completion."),
         click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx)."),
-        click.option("--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
+        click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def prompt_options(f):
+    """-p/--prompt and -f/--file, as llama-cli and mlx_lm take the prompt."""
+    f = click.option("-f", "--file", "prompt_file", metavar="FILE", help="Read the prompt from FILE ('-' = stdin).")(f)
+    return click.option("-p", "--prompt", "prompt_text", metavar="TEXT", help="The prompt (instead of PROMPT).")(f)
 
 
 def _overrides() -> dict[str, str]:
@@ -186,9 +192,10 @@ def model_source(value: str) -> dict[str, Any]:
 @click.option("--show-prompt", is_flag=True, help="Print the templated prompt and its token ids (stderr).")
 @click.option("--logprobs", type=int, metavar="K", help="Record the top-K log-probabilities of each token (--json, --trace).")
 @click.option("--quiet", "-q", is_flag=True, help="No stats on stderr.")
+@prompt_options
 def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, show_prompt: bool, logprobs: int | None,
         quiet: bool, **options: Any) -> None:
-    """Generate text for PROMPT (or stdin), streamed to stdout."""
+    """Generate text for PROMPT (or -p TEXT, -f FILE, stdin), streamed to stdout."""
     if logprobs is not None and logprobs < 1:
         raise MlxgenError(f"--logprobs {logprobs}: expected a positive number of alternatives")
     cfg = resolve_config(options)
@@ -199,7 +206,7 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
     if dry_run:
         render.dry_run(plan, as_json)
         return
-    message = read_prompt(prompt)
+    message = read_prompt(prompt, options)
     if trace and not os.path.isdir(os.path.dirname(os.path.abspath(trace))):
         raise MlxgenError(f"--trace {trace}: its folder does not exist")
     sess = session.open_session(cfg, plan.choice)
@@ -209,7 +216,7 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
             render.show_prompt(sess, text, ids)
         recorder = logprob_recorder(sess, logprobs) if logprobs else None
         events = sess.generate(ids, sample=recorder)
-        done = render.stream(events, echo=not as_json)
+        done = render.stream(events, echo=not as_json, end="exact")
     finally:
         sess.close()
     done.stats.load_s = sess.load_s
@@ -236,16 +243,15 @@ def probe_hardware():
     return hardware.gather_facts()
 
 
-def read_prompt(prompt: str | None) -> str:
-    if prompt is None:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise PromptError("no prompt: give one as an argument or pipe it on stdin")
-        data = sys.stdin.buffer.read()
-        try:
-            prompt = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PromptError(f"stdin is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
-        prompt = prompt.removesuffix("\n")
+def read_prompt(prompt: str | None, options: dict[str, Any] | None = None) -> str:
+    """The prompt: PROMPT or -p, -f FILE or piped stdin (``mlxgen.inputs``, as `mlxgen tokens` reads it)."""
+    from mlxgen.inputs import read_text
+
+    options = options or {}
+    text, path = options.pop("prompt_text", None), options.pop("prompt_file", None)
+    if text is not None and prompt is not None:
+        raise PromptError("give PROMPT or -p TEXT, not both")
+    prompt = read_text(text if text is not None else prompt, path, what="prompt")
     if not prompt.strip():
         raise PromptError("the prompt is empty")
     return prompt
@@ -330,6 +336,7 @@ def tokens(text: str | None, path: str | None, show: bool, templated: bool, erro
 @config_options
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the table.")
 @click.option("--json", "as_json", is_flag=True, help="The same data as one JSON object.")
+@prompt_options
 def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
     """One prefill of PROMPT: the most probable next tokens and what sampling would keep."""
     cfg = resolve_config(options)
@@ -338,7 +345,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
     from mlxgen import session
     from mlxgen.loop import check_prompt, prefill
 
-    message = read_prompt(prompt)
+    message = read_prompt(prompt, options)
     sess = session.open_session(cfg, session.plan(cfg, facts).choice)
     try:
         _, ids = sess.prompt(message)
@@ -399,7 +406,7 @@ def doctor(**options: Any) -> None:
 @click.option("-o", "--output", type=click.Choice(["md", "csv", "json", "jsonl"]), default="md", show_default=True)
 @click.option("--plot", metavar="FILE.png", help="Bar chart of t/s with error bars (needs matplotlib).")
 @click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).")
-@click.option("--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
+@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
 def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
           output: str, plot: str | None, **options: Any) -> None:

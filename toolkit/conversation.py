@@ -97,7 +97,12 @@ class Conversation:
         """``/set NAME VALUE``; the value is checked as the config checks it."""
         key = settings.canonical(name)
         if key is None:
-            raise ConfigError(f"/set {name}: unknown setting; one of {', '.join(settings.BY_NAME)}")
+            import difflib
+
+            known = [*settings.BY_NAME, *settings.ALIASES]
+            close = difflib.get_close_matches(name.strip().lower().replace("-", "_"), known, n=1, cutoff=0.6)
+            hint = f"did you mean {settings.canonical(close[0])}? " if close else ""
+            raise ConfigError(f"/set {name}: unknown setting; {hint}one of {', '.join(settings.BY_NAME)}")
         self.apply({key: settings.parse(key, value)})
 
     def apply(self, values: dict) -> None:

@@ -31,17 +31,22 @@ class TokenEvent:
 
 @dataclass
 class Stats:
-    prompt_tokens: int = 0  # prefilled in this call
-    cached_tokens: int = 0  # reused from the KV cache (not prefilled)
-    generated_tokens: int = 0
+    prompt_tokens: int = 0  # the whole prompt
+    cached_tokens: int = 0  # of those, reused from the KV cache (not prefilled)
+    generated_tokens: int = 0  # every sampled token, the EOS that ended generation included
     prefill_s: float = 0.0
-    ttft_s: float = 0.0  # prefill + first sample
+    ttft_s: float | None = None  # prefill + first sample; None: no token came (Ctrl-C in the prefill)
     decode_s: float = 0.0  # first token to last token
     load_s: float | None = None  # filled in by the caller, which did the loading
 
     @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens run through the model in this call."""
+        return self.prompt_tokens - self.cached_tokens
+
+    @property
     def prefill_tps(self) -> float | None:
-        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else None
+        return self.prefilled_tokens / self.prefill_s if self.prefill_s > 0 else None
 
     @property
     def decode_tps(self) -> float | None:
@@ -52,6 +57,7 @@ class Stats:
         return {
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,
+            "prefilled_tokens": self.prefilled_tokens,
             "generated_tokens": self.generated_tokens,
             "load_s": self.load_s,
             "prefill_s": self.prefill_s,
@@ -159,7 +165,7 @@ def generate(
     room = backend.n_ctx - len(prompt)
     eos = frozenset(eos_ids)
     detok, stopper = IncrementalDecoder(decode), StopMatcher(stop)
-    stats = Stats(prompt_tokens=len(prompt) - cached, cached_tokens=cached)
+    stats = Stats(prompt_tokens=len(prompt), cached_tokens=cached)
     pieces: list[str] = []
     tokens: list[int] = []
     trace: list[tuple[int, float]] = []

@@ -41,28 +41,42 @@ def show_prompt(sess, text: str, ids: list[int]) -> None:
     print("---", file=err, flush=True)
 
 
-def stream(events: Iterator[Event], echo: bool = True) -> Done:
+def stream(events: Iterator[Event], echo: bool = True, end: str = "line") -> Done:
     """Consume the loop's events, printing text as it comes (flushed per token).
+
+    ``end``: what follows the text. ``"line"``: a newline, so the next output starts on
+    its own line (chat). ``"exact"``: nothing when stdout is not a terminal, so
+    ``mlxgen run > out.txt`` holds exactly the text; on a terminal a newline only where
+    the text does not already end with one.
 
     Ctrl-C while this code runs is thrown into the loop, which ends the stream with
     reason ``interrupted`` and keeps the text so far.
     """
     out = sys.stdout
     pending: Event | None = None
+    last = ""
     while True:
         try:
             event = pending if pending is not None else next(events)
             pending = None
             if isinstance(event, Done):
-                if echo:
+                if echo and (end == "line" or (_isatty(out) and not last.endswith("\n"))):
                     out.write("\n")
                     out.flush()
                 return event
             if echo and event.text:
                 out.write(event.text)
                 out.flush()
+                last = event.text
         except KeyboardInterrupt:
             pending = events.throw(KeyboardInterrupt)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def process_peak_bytes() -> int:
@@ -84,7 +98,7 @@ def stats(sess, done: Done) -> None:
     lines = [
         f"backend {sess.backend.name} on {sess.backend.device} · load {_fmt(s.load_s, '.2f')} s",
         f"prompt {s.prompt_tokens} tokens · prefill {_fmt(s.prefill_tps, '.1f')} tok/s · "
-        f"first token {_fmt(s.ttft_s, '.3f')} s",
+        f"first token {_fmt(s.ttft_s, '.3f')}{' s' if s.ttft_s is not None else ''}",
         f"generated {s.generated_tokens} tokens · decode {_fmt(s.decode_tps, '.1f')} tok/s · "
         f"stop: {done.reason} · peak memory {peak_memory_mb():.0f} MB",
     ]
@@ -101,8 +115,9 @@ def result_dict(sess, plan, done: Done, prompt_ids: list[int], logprobs: list[di
             extra["stop_logprob"] = logprobs[len(done.tokens)]
     return {
         "text": done.text,
-        "tokens": done.tokens,
+        "tokens": done.tokens,  # the text's tokens; stats.generated_tokens also counts stop_token
         "stop_reason": done.reason,
+        "stop_token": done.stop_token,
         "prompt_tokens": len(prompt_ids),
         "backend": sess.backend.name,
         "device": sess.backend.device,

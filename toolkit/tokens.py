@@ -34,28 +34,10 @@ class Encoded:
 
 
 def read_text(text: str | None, path: str | None, errors: str) -> str:
-    """The text to count: an argument, a file (-f, '-' = stdin) or piped stdin."""
-    if text is not None and path is not None:
-        raise PromptError("give TEXT or -f FILE, not both")
-    if text is not None:  # an argument: undecodable bytes arrive as surrogate escapes
-        data, name = text.encode("utf-8", "surrogateescape"), "TEXT"
-    elif path in (None, "-"):
-        if path is None and (sys.stdin is None or sys.stdin.isatty()):
-            raise PromptError("no text: give it as an argument, with -f FILE, or pipe it on stdin")
-        data, name = sys.stdin.buffer.read(), "stdin"
-    else:
-        try:
-            with open(path, "rb") as f:
-                data, name = f.read(), path
-        except OSError as e:
-            raise PromptError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise PromptError(
-            f"{name} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r}); "
-            "--errors replace reads it with U+FFFD for the bad bytes"
-        ) from None
+    """The text to count: an argument, a file (-f, '-' = stdin) or piped stdin (``mlxgen.inputs``)."""
+    from mlxgen.inputs import read_text as read
+
+    return read(text, path, errors, hint="; --errors replace reads it with U+FFFD for the bad bytes")
 
 
 # ---------------------------------------------------------------- encoding
