@@ -48,7 +48,8 @@ class BackendInfo:
     open_tokenizer: Callable[["Config", "Path | None"], "Tokenizer"]  # weights None: without preparing them
     libraries: tuple[str, ...] = ()  # distributions bench and doctor report the versions of
     gpu_probe: Callable[[], bool] | None = None  # does the installed build reach a GPU (imports the library)
-    claim_source: Callable[[str], "dict | None"] | None = None  # --model values only it runs -> config keys
+    claim_source: Callable[[str], "tuple[str, dict] | None"] | None = None  # --model values only it runs:
+    # (what it is, in words; the config keys it sets)
 
 
 REGISTRY: dict[str, BackendInfo] = {}
@@ -179,17 +180,17 @@ def _mlx_model(cfg: "Config") -> str:
     return sources.describe_llm(cfg.llm) + " -> imported to MLX, cached"
 
 
-def _mlx_claim(value: str) -> dict | None:
+def _mlx_claim(value: str) -> tuple[str, dict] | None:
     """``--model`` values only MLX runs: a model folder, or ``OWNER/REPO`` on the Hub (converted once)."""
     import re
     from pathlib import Path
 
     path = Path(value).expanduser()
     if path.is_dir():
-        return {"llm.mlx.path": str(path), "backend": "mlx"}
+        return "an MLX model folder", {"llm.mlx.path": str(path)}
     hub = re.fullmatch(r"[\w.-]+/[\w.-]+", value)
     if hub and not path.exists() and not value.startswith((".", "~")) and not value.endswith(".gguf"):
-        return {"llm.mlx.repo": value, "backend": "mlx"}
+        return "a Hugging Face repo (converted to MLX)", {"llm.mlx.repo": value}
     return None
 
 

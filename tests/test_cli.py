@@ -272,3 +272,20 @@ def test_json_counts_agree_with_each_other(cache_env):
     assert data["stop_reason"] == "eos" and data["stop_token"] is not None
     assert len(data["tokens"]) + 1 == data["stats"]["generated_tokens"]  # the EOS is generated, not text
     assert data["prompt_tokens"] == data["stats"]["prompt_tokens"] == data["stats"]["prefilled_tokens"]
+
+
+def test_flags_that_do_nothing_say_so(cache_env):
+    proc = mlxgen("run", "hi", "--raw", "--no-think", "--gpu-layers", "5", "-n", "2", "--temperature", "0",
+                  "--backend", "llama.cpp", env=cache_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "mlxgen: warning: --no-think does nothing: --raw has no template" in err
+    assert "mlxgen: warning: --gpu-layers 5 does nothing: llama.cpp runs on the CPU here" in err
+
+
+def test_a_requested_backend_that_fits_worse_is_named():
+    from mlxgen.hardware import Facts, detect
+
+    linux = Facts("Linux", "x86_64", frozenset({"mlx", "llama.cpp"}), frozenset(), 2)
+    assert "llama.cpp fits this machine better" in detect(linux, "mlx").warning
+    assert detect(linux, "llama.cpp").warning == ""

@@ -425,6 +425,7 @@ def _triggers():
     T["cli-unknown-option"] = lambda w, mp: cli("run", "hi", "--temprature", "0")
     T["cli-unknown-command"] = lambda w, mp: cli("chta")
     T["cli-usage"] = lambda w, mp: cli("run", "hi", "--top-k", "many")
+    T["model-wrong-backend"] = lambda w, mp: cli("run", "hi", "--model", str(w), "--backend", "llama.cpp")
     # backends
     T["backend-missing"] = lambda w, mp: missing_backend(mp)
     T["backend-broken"] = lambda w, mp: broken_backend(mp)

@@ -140,6 +140,7 @@ def _overrides() -> dict[str, str]:
 
 def resolve_config(options: dict[str, Any]):
     from mlxgen.config import load_config
+    from mlxgen.errors import ConfigError
 
     keys = _overrides()
     overrides = {keys[k]: v for k, v in options.items() if k in keys and v not in (None, ())}
@@ -147,8 +148,13 @@ def resolve_config(options: dict[str, Any]):
         overrides["inference.stop"] = list(options["stop"])
     if options.get("model_path"):
         source = model_source(options["model_path"])
-        if overrides.get("backend", "auto") != "auto":
-            source.pop("backend", None)
+        claimed, requested = source.pop("backend", None), overrides.get("backend", "auto")
+        if claimed and requested not in ("auto", claimed):
+            raise ConfigError(f"--model {options['model_path']}: {source.pop('what')}, which only the {claimed} "
+                              f"backend runs, not {requested}; use --backend {claimed}, or give a GGUF file")
+        source.pop("what", None)
+        if claimed:
+            source["backend"] = claimed
         overrides.update(source)
         if not options.get("config"):  # the default preset's tokenizer facts belong to its own model
             overrides.update({"tokenizer.eos_token": None, "tokenizer.chat_template": None})
@@ -173,7 +179,8 @@ def model_source(value: str) -> dict[str, Any]:
     for info in REGISTRY.values():
         claimed = info.claim_source(value) if info.claim_source else None
         if claimed:
-            return {**keys, **claimed}
+            what, found = claimed
+            return {**keys, **found, "backend": info.name, "what": what}
     hub = re.fullmatch(r"([\w.-]+/[\w.-]+)/(.+\.gguf)", value)
     if hub and not Path(value).expanduser().exists() and not value.startswith((".", "~")):
         return {**keys, "llm.repo": hub[1], "llm.file": hub[2]}
@@ -211,6 +218,7 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         raise MlxgenError(f"--trace {trace}: its folder does not exist")
     sess = session.open_session(cfg, plan.choice)
     try:
+        warn(sess.warnings(), quiet)
         text, ids = sess.prompt(message)
         if show_prompt:
             render.show_prompt(sess, text, ids)
@@ -229,6 +237,13 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         render.stats(sess, done)
     if done.reason == "interrupted":
         sys.exit(130)
+
+
+def warn(lines: list[str], quiet: bool = False) -> None:
+    """One ``mlxgen: warning:`` line each on stderr (a flag that does nothing, a slow backend)."""
+    if not quiet:
+        for line in lines:
+            click.echo(f"mlxgen: warning: {line}", err=True)
 
 
 def probe_hardware():
@@ -286,6 +301,7 @@ def chat(as_json: bool, quiet: bool, **options: Any) -> None:
     choice = session.plan(cfg, facts).choice
     sess = session.open_session(cfg, choice)
     try:
+        warn(sess.warnings(), quiet)
         if not quiet:
             click.echo(f"mlxgen chat · {sess.backend.name} on {sess.backend.device} · context {sess.backend.n_ctx} "
                        f"tokens · {sess.template.origin} template · /help for commands, Ctrl-D to quit", err=True)

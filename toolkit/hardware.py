@@ -39,6 +39,7 @@ class Choice:
     reason: str
     gpu: bool = False  # run on the GPU (llama.cpp: all layers offloaded unless llm.n_gpu_layers says otherwise)
     n_threads: int = 1
+    warning: str = ""  # a requested backend that fits this machine worse than another installed one
 
 
 def available_cpus() -> int:
@@ -57,10 +58,13 @@ def gather_facts(probe_gpu: bool = True) -> Facts:
 def detect(facts: Facts, requested: str = "auto") -> Choice:
     """Pick the backend: the installed one that fits this machine best. ``requested`` overrides it."""
     threads = facts.cpu_count
+    fits = [(backends.REGISTRY[name].fit(facts), name) for name in backends.REGISTRY if facts.has(name)]
     if requested != "auto":
         fit = backends.require(requested).fit(facts)  # one-line error naming the extra if missing
-        return Choice(requested, f"requested with --backend/config ({fit.reason})", fit.gpu, threads)
-    fits = [(backends.REGISTRY[name].fit(facts), name) for name in backends.REGISTRY if facts.has(name)]
+        best, best_name = max(fits, key=lambda f: f[0].score) if fits else (fit, requested)
+        warning = "" if best.score <= fit.score else (
+            f"--backend {requested}: {fit.reason}; {best_name} fits this machine better ({best.reason})")
+        return Choice(requested, f"requested with --backend/config ({fit.reason})", fit.gpu, threads, warning)
     if not fits:
         raise backends.nothing_installed()
     fit, name = max(fits, key=lambda f: f[0].score)  # max keeps the first of equals: registration order

@@ -119,6 +119,19 @@ class Session:
         self.cache.record(list(ids) + [tid for tid, _ in event.trace])
         yield event
 
+    def warnings(self) -> list[str]:
+        """Settings that do nothing here, and a requested backend that runs worse than another."""
+        out = [self.choice.warning] if self.choice.warning else []
+        spec, inf = self.template, self.cfg.inference
+        if inf.thinking is not None and (spec.template is None or (
+                "enable_thinking" not in spec.template and not spec.think_token)):
+            why = "--raw has no template" if spec.template is None else "the model has no thinking switch"
+            out.append(f"--{'think' if inf.thinking else 'no-think'} does nothing: {why}")
+        layers = self.cfg.llm.n_gpu_layers
+        if layers and not self.choice.gpu:
+            out.append(f"--gpu-layers {layers} does nothing: {self.choice.backend} runs on the CPU here")
+        return out
+
     def close(self) -> None:
         self.backend.close()
 
