@@ -70,6 +70,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name)))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the entry gets the mode mkdir would give
         if final.exists() and not existed:
             return  # another process finished the same entry first
         if final.exists():
@@ -98,9 +99,7 @@ def _mode_for(path: str) -> int:
     try:
         return os.stat(path).st_mode & 0o7777  # replacing a file keeps its mode
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -138,3 +137,9 @@ def sweep_tmp(folder: Path, name: str) -> list[Path]:
 
 def _glob_escape(name: str) -> str:
     return re.sub(r"([*?[])", r"[\1]", name)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
