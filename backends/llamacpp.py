@@ -21,7 +21,7 @@ from mlxgen.config import Config
 from mlxgen.errors import ConfigError, ModelError
 from mlxgen import gguf_check
 from mlxgen.gguf_check import check as check_gguf
-from mlxgen.hardware import Choice
+from mlxgen.hardware import Choice, cpu_threads
 from mlxgen.sources import resolve_gguf
 
 
@@ -51,7 +51,7 @@ def _total_memory() -> int | None:
 
 
 def load(weights: Path, cfg: Config, choice: Choice) -> "LlamaCppBackend":
-    n_threads = cfg.llm.n_threads or choice.n_threads
+    n_threads = cfg.llm.n_threads or (choice.n_threads if choice.gpu else cpu_threads(choice.n_threads))
     n_gpu_layers = cfg.llm.n_gpu_layers if cfg.llm.n_gpu_layers is not None else (-1 if choice.gpu else 0)
     return LlamaCppBackend(weights, n_ctx=cfg.llm.n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
 
@@ -82,7 +82,8 @@ class LlamaCppBackend:
         self.vocab_size = self._llm.n_vocab()
         offload = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         layers = "all layers" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
-        self.device = f"gpu ({layers}), {n_threads} threads" if offload else f"cpu ({n_threads} threads)"
+        threads = f"{n_threads} thread" + ("s" if n_threads != 1 else "")
+        self.device = f"gpu ({layers}), {threads}" if offload else f"cpu ({threads})"
         self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
         self._ctx = self._llm.ctx
         self._logits_t = ctypes.POINTER(ctypes.c_float * self.vocab_size)

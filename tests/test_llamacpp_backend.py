@@ -31,7 +31,7 @@ def backend():
 def test_protocol_and_shapes(backend):
     assert isinstance(backend, Backend)
     assert backend.vocab_size == 49152 and backend.n_ctx == 512
-    assert backend.device == "cpu (1 threads)"
+    assert backend.device == "cpu (1 thread)"
     backend.trim(0)
     logits = backend.prefill(IDS)
     assert logits.shape == (49152,) and logits.dtype == np.float32

@@ -11,6 +11,7 @@ import statistics
 
 from mlxgen.bench import BackendRun, Report, Result, paired, pairs_disagree, unstable
 from mlxgen.errors import MlxgenError
+from mlxgen.render import plural
 
 
 def _size(n: int | None) -> str:
@@ -132,7 +133,7 @@ def footer(report: Report) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
     return (
         f"mlxgen {env['mlxgen']}" + (f" ({libs})" if libs else "") + f" · {env['platform']}, {env['chip']}, "
-        f"{env['cpus']} CPUs · trace seed {report.trace_seed}, {s.repetitions} runs after {s.warmup} warm-up, "
+        f"{env['cpus']} CPUs · trace seed {report.trace_seed}, {plural(s.repetitions, 'run')} after {s.warmup} warm-up, "
         "mean ± sd" + ("; ours/native and overhead: medians over interleaved pairs" if s.vs_native else "")
     )
 

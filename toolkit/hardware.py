@@ -49,6 +49,39 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def idle_cpus(cpus: int, seconds: float = 0.05) -> float | None:
+    """How many of ``cpus`` other processes leave idle right now: /proc/stat sampled over
+    ``seconds`` (this process sleeps meanwhile). None where there is no /proc/stat."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields[:8]), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return cpus * (idle1 - idle0) / (total1 - total0)
+
+
+def cpu_threads(cpus: int) -> int:
+    """Threads for a CPU run: one per core that is idle now, at least one.
+
+    llama.cpp's threads spin-wait for each other; with one more thread than free cores
+    a decode step waits on a descheduled thread (measured here: 2 threads on 2 cores
+    with one busy process ran 36.5 tok/s, 1 thread 86). On a quiet machine this is
+    every core.
+    """
+    idle = idle_cpus(cpus)
+    return cpus if idle is None else max(1, min(cpus, int(idle + 0.5)))
+
+
 def gather_facts(probe_gpu: bool = True) -> Facts:
     installed = frozenset(backends.installed())
     gpu = {name for name in installed if probe_gpu and (probe := backends.REGISTRY[name].gpu_probe) and probe()}

@@ -35,7 +35,7 @@ def dry_run(plan, as_json: bool) -> None:
 
 def show_prompt(sess, text: str, ids: list[int]) -> None:
     err = sys.stderr
-    print(f"--- prompt ({sess.template.origin} template, {len(ids)} tokens) ---", file=err)
+    print(f"--- prompt ({sess.template.origin} template, {plural(len(ids), 'token')}) ---", file=err)
     print(text, file=err)
     print(f"--- token ids ---\n{ids}", file=err)
     print("---", file=err, flush=True)
@@ -89,6 +89,11 @@ def peak_memory_mb() -> float:
     return process_peak_bytes() / 2**20
 
 
+def plural(n: int, word: str) -> str:
+    """``1 turn``, ``2 turns``: a count and its noun."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -97,9 +102,9 @@ def stats(sess, done: Done) -> None:
     s = done.stats
     lines = [
         f"backend {sess.backend.name} on {sess.backend.device} · load {_fmt(s.load_s, '.2f')} s",
-        f"prompt {s.prompt_tokens} tokens · prefill {_fmt(s.prefill_tps, '.1f')} tok/s · "
+        f"prompt {plural(s.prompt_tokens, 'token')} · prefill {_fmt(s.prefill_tps, '.1f')} tok/s · "
         f"first token {_fmt(s.ttft_s, '.3f')}{' s' if s.ttft_s is not None else ''}",
-        f"generated {s.generated_tokens} tokens · decode {_fmt(s.decode_tps, '.1f')} tok/s · "
+        f"generated {plural(s.generated_tokens, 'token')} · decode {_fmt(s.decode_tps, '.1f')} tok/s · "
         f"stop: {done.reason} · peak memory {peak_memory_mb():.0f} MB",
     ]
     print("\n".join(lines), file=sys.stderr, flush=True)

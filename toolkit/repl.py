@@ -159,13 +159,13 @@ class Repl:
         if not arg:
             raise MlxgenError("/save FILE: give a file name")
         self.conv.save(arg)
-        self.say(f"(saved {len(self.conv.messages) // 2} turns to {arg})")
+        self.say(f"(saved {render.plural(len(self.conv.messages) // 2, 'turn')} to {arg})")
 
     def cmd_load(self, arg: str) -> None:
         if not arg:
             raise MlxgenError("/load FILE: give a file name")
         self.conv.load(arg)
-        self.say(f"(loaded {len(self.conv.messages) // 2} turns from {arg})")
+        self.say(f"(loaded {render.plural(len(self.conv.messages) // 2, 'turn')} from {arg})")
 
     def cmd_exit(self, arg: str) -> bool:
         return False
@@ -225,7 +225,7 @@ def stats_dict(conv: Conversation) -> dict:
 
 def stats_text(d: dict) -> str:
     lines = [
-        f"backend {d['backend']} on {d['device']} · {d['turns']} turns · "
+        f"backend {d['backend']} on {d['device']} · {render.plural(d['turns'], 'turn')} · "
         f"{d['cached_tokens']} of {d['n_ctx']} context tokens in the cache",
         f"prompt tokens: {d['reused_tokens']} reused, {d['prefilled_tokens']} prefilled · "
         f"{d['generated_tokens']} generated",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mlxgen.errors import PromptError
+from mlxgen.render import plural
 from mlxgen.tokenizer import Tokenizer
 
 CHUNK_CHARS = 1 << 18
@@ -183,7 +184,7 @@ def count(tok: Tokenizer, message: str, n_ctx: int, render: Callable[[str], str]
 
 def summary(data: dict) -> str:
     n, n_ctx = data["tokens"], data["n_ctx"]
-    line = f"{n} tokens · {data['characters']} characters · {data['bytes']} bytes"
+    line = f"{plural(n, 'token')} · {plural(data['characters'], 'character')} · {plural(data['bytes'], 'byte')}"
     if "template_tokens" in data:
         line += f" · {data['template_tokens']} from the template, {data['message_tokens']} from the text"
     share = n / n_ctx if n_ctx else 0
