@@ -289,3 +289,14 @@ def test_a_requested_backend_that_fits_worse_is_named():
     linux = Facts("Linux", "x86_64", frozenset({"mlx", "llama.cpp"}), frozenset(), 2)
     assert "llama.cpp fits this machine better" in detect(linux, "mlx").warning
     assert detect(linux, "llama.cpp").warning == ""
+
+
+def test_help_shows_the_defaults_a_run_uses_and_whole_descriptions():
+    from click.testing import CliRunner
+
+    from mlxgen.cli import cli
+
+    top = CliRunner().invoke(cli, ["--help"]).output
+    assert "...\n" not in top.replace("[ARGS]...", "") and "Generate text for a prompt, streamed to stdout." in top
+    run_help = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    assert "0 = greedy. [default: 0.7]" in run_help and "[default: 256]" in run_help  # the default preset's

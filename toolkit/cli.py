@@ -91,11 +91,46 @@ class BackendChoice(click.Choice):
         pass
 
 
+class ConfigOption(click.Option):
+    """A flag that overrides a config key; its help shows the value the default preset gives it."""
+
+    def __init__(self, *args: Any, config_key: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config_key = config_key
+
+    def get_help_record(self, ctx: click.Context):
+        record = super().get_help_record(ctx)
+        value = preset_default(self.config_key)
+        if record is None or value is None:
+            return record
+        return record[0], f"{record[1]}  [default: {value}]".strip()
+
+
+def preset_default(dotted: str) -> Any:
+    """The default preset's value for a dotted key (for --help); None if it has none or fails to load."""
+    global _PRESET
+    if _PRESET is None:
+        try:
+            from mlxgen.config import load_config
+
+            _PRESET = load_config(None).to_dict()
+        except Exception:  # help must print even if the preset cannot load
+            _PRESET = {}
+    node: Any = _PRESET
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+_PRESET: dict | None = None
+
+
 def config_options(f):
-    """Flags that mirror config keys; each overrides the YAML value (``OVERRIDES`` maps them)."""
+    """Flags that mirror config keys; each overrides the YAML value (``_overrides`` maps them)."""
     from mlxgen import settings
 
-    sampling = [click.option(*s.flags, s.name, type=s.type, help=s.help) for s in settings.TABLE]
+    sampling = [click.option(*s.flags, s.name, type=s.type, help=s.help, cls=ConfigOption,
+                             config_key=f"inference.{s.name}") for s in settings.TABLE]
     options = [
         click.option("-c", "--config", "config", metavar="FILE|PRESET", help="YAML config or preset name (default: smollm2-135m)."),
         click.option("--backend", type=BackendChoice(), help="Override hardware detection."),
@@ -106,7 +141,8 @@ def config_options(f):
         click.option("--system", help="System prompt."),
         click.option("--think/--no-think", "thinking", default=None, help="Thinking switch (Qwen3 style)."),
         click.option("--raw", is_flag=True, default=None, help="No chat template: plain completion."),
-        click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx)."),
+        click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).", cls=ConfigOption,
+                     config_key="llm.n_ctx"),
         click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
     ]
@@ -190,7 +226,7 @@ def model_source(value: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------ run
 
 
-@cli.command()
+@cli.command(short_help='Generate text for a prompt, streamed to stdout.')
 @click.argument("prompt", required=False)
 @config_options
 @click.option("--dry-run", is_flag=True, help="Print the resolved config, backend and sources; load nothing.")
@@ -283,7 +319,7 @@ def logprob_recorder(sess, k: int):
 # ------------------------------------------------------- chat, tokens, logits
 
 
-@cli.command()
+@cli.command(short_help='Talk with the model; the KV cache is reused between turns.')
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per answer on stdout instead of streamed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No banner and no per-turn stats on stderr.")
@@ -311,7 +347,7 @@ def chat(as_json: bool, quiet: bool, **options: Any) -> None:
     sys.exit(code)
 
 
-@cli.command()
+@cli.command(short_help='Count and list the tokens of a text, as run sees them.')
 @click.argument("text", required=False)
 @click.option("-f", "--file", "path", metavar="FILE", help="Count a file ('-' = stdin).")
 @click.option("--show", is_flag=True, help="List every token: position, id, text (special tokens marked).")
@@ -347,7 +383,7 @@ def tokens(text: str | None, path: str | None, show: bool, templated: bool, erro
     click.echo(tokmod.summary(data))
 
 
-@cli.command()
+@cli.command(short_help='One prefill: the next-token distribution and what sampling keeps.')
 @click.argument("prompt", required=False)
 @config_options
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the table.")
@@ -380,7 +416,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
 # --------------------------------------------------------------------- doctor
 
 
-@cli.command()
+@cli.command(short_help='This machine, the backends, and which one run picks.')
 @config_options
 def doctor(**options: Any) -> None:
     """Show this machine, the installed backends and which one `run` would pick."""
@@ -407,7 +443,7 @@ def doctor(**options: Any) -> None:
 # ---------------------------------------------------------------------- bench
 
 
-@cli.command()
+@cli.command(short_help='llama-bench style pp/tg tests; ratios between backends and loops.')
 @click.option("-c", "--config", "config", metavar="FILE|PRESET", help="YAML config or preset name (default: smollm2-135m).")
 @click.option("--model", "model_path", metavar="SOURCE", help="A GGUF file, an MLX folder, OWNER/REPO/FILE.gguf or OWNER/REPO.")
 @click.option("--backend", type=BackendChoice("all"), default="auto", show_default=True,
@@ -488,7 +524,7 @@ def bench_progress():
 # -------------------------------------------------------------------- convert
 
 
-@cli.command()
+@cli.command(short_help='HF repo or folder, or a GGUF -> an MLX model folder.')
 @click.argument("source")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: the mlxgen cache).")
 @click.option("--bits", type=click.Choice(["2", "3", "4", "5", "6", "8"]), default="4", show_default=True)
