@@ -399,3 +399,19 @@ def test_set_with_a_typo_suggests_the_setting():
         conv.set("temprature", "0.5")
     with pytest.raises(ConfigError, match=r"/set top-q: unknown setting; did you mean top_p\?"):
         conv.set("top-q", "0.5")
+
+
+@pytest.mark.parametrize(
+    "script, sent",
+    [
+        (b'"""\nfirst line\nsecond line\n"""\n', "first line\nsecond line"),
+        (b'"""first line\nsecond line"""\n', "first line\nsecond line"),
+        (b'"""one line"""\n', "one line"),
+        (b'"""\nunterminated\n', "unterminated"),  # end of input inside the quotes: sent as written
+    ],
+)
+def test_triple_quotes_send_one_message_of_several_lines(script, sent):
+    conv, _ = make_conv()
+    code, err = repl_run(conv, script)
+    assert code == 0, err
+    assert [m["content"] for m in conv.messages if m["role"] == "user"] == [sent]

@@ -19,6 +19,8 @@ from mlxgen.conversation import Conversation, Turn
 from mlxgen.errors import MlxgenError
 
 PROMPT = ">>> "
+MORE = "... "  # inside a multi-line message
+FENCE = '"""'  # a message between triple quotes spans lines
 _SET = textwrap.fill("a sampling setting: " + ", ".join(settings.BY_NAME), 58, subsequent_indent=" " * 21)
 HELP = f"""\
 /reset               forget the conversation and empty the cache
@@ -27,7 +29,8 @@ HELP = f"""\
 /set [NAME VALUE]    {_SET}
 /stats               tokens reused and prefilled, speeds, the settings
 /save FILE           the conversation as JSON       /load FILE   continue a saved one
-/exit                quit (or Ctrl-D)               //text       send text that starts with /"""
+/exit                quit (or Ctrl-D)               //text       send text that starts with /
+\"\"\"                  start and end a message of several lines"""
 
 
 class Repl:
@@ -79,12 +82,26 @@ class Repl:
                 self.error(e)
 
     def read(self) -> str | None:
+        """One message: a line, or several between triple quotes (as ollama); None at end of input."""
+        line = self.read_line()
+        if line is None or not line.startswith(FENCE):
+            return line
+        parts, line = [], line[len(FENCE):]
+        while not line.endswith(FENCE):
+            parts.append(line)
+            line = self.read_line(MORE)
+            if line is None:  # end of input inside the quotes: send what was written
+                return "\n".join(parts)
+        parts.append(line[: -len(FENCE)])
+        return "\n".join(parts).strip("\n")
+
+    def read_line(self, prompt: str = PROMPT) -> str | None:
         """One line without its newline; None at end of input."""
         if self.interactive:
             try:
                 if self.out.isatty():
-                    return input(PROMPT)
-                self.err.write(PROMPT)
+                    return input(prompt)
+                self.err.write(prompt)
                 self.err.flush()
                 return input()
             except EOFError:
