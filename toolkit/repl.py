@@ -91,7 +91,7 @@ class Repl:
             parts.append(line)
             line = self.read_line(MORE)
             if line is None:  # end of input inside the quotes: send what was written
-                return "\n".join(parts)
+                return "\n".join(parts).strip("\n")
         parts.append(line[: -len(FENCE)])
         return "\n".join(parts).strip("\n")
 
