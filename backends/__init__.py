@@ -197,7 +197,7 @@ def _mlx_claim(value: str) -> tuple[str, dict] | None:
 def _llamacpp_fit(facts: "Facts") -> Fit:
     if facts.gpu("llama.cpp"):
         return Fit(20, "llama.cpp build supports GPU offload: all layers on the GPU", gpu=True)
-    return Fit(10, f"no GPU offload in the llama.cpp build: CPU, {facts.cpu_count} threads")
+    return Fit(10, f"no GPU offload in the llama.cpp build: CPU, up to {facts.cpu_count} threads (one per free core)")
 
 
 def _llamacpp_model(cfg: "Config") -> str:

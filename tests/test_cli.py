@@ -300,3 +300,11 @@ def test_help_shows_the_defaults_a_run_uses_and_whole_descriptions():
     assert "...\n" not in top.replace("[ARGS]...", "") and "Generate text for a prompt, streamed to stdout." in top
     run_help = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
     assert "0 = greedy. [default: 0.7]" in run_help and "[default: 256]" in run_help  # the default preset's
+
+
+def test_dry_run_prints_a_template_as_written_and_where_the_weights_are(cache_env):
+    out = mlxgen("run", "-c", "qwen3-4b", "--dry-run", env=cache_env).stdout.decode()
+    assert "# weights:   not in the Hugging Face cache: the first run downloads it" in out
+    assert "  chat_template: |" in out and "    <|im_start|>user\n    {{ message }}<|im_end|>\n" in out
+    local = mlxgen("run", "--dry-run", env=cache_env).stdout.decode()
+    assert "# weights:   installed with the package, 93.8 MiB" in local

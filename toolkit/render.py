@@ -13,13 +13,14 @@ from mlxgen.loop import Done, Event
 
 
 def dry_run(plan, as_json: bool) -> None:
-    import yaml
+    from mlxgen.sources import weights_status
 
     info = {
         "config_source": plan.cfg.source,
         "backend": plan.choice.backend,
         "reason": plan.choice.reason,
         "model": plan.model,
+        "weights": weights_status(plan.cfg.llm),
         "tokenizer": plan.tokenizer,
         "config": plan.cfg.to_dict(),
     }
@@ -29,8 +30,24 @@ def dry_run(plan, as_json: bool) -> None:
     print(f"# config:    {info['config_source']}")
     print(f"# backend:   {info['backend']} ({info['reason']})")
     print(f"# model:     {info['model']}")
+    print(f"# weights:   {info['weights']}")
     print(f"# tokenizer: {info['tokenizer']}")
-    print(yaml.safe_dump(info["config"], sort_keys=False, allow_unicode=True), end="")
+    print(readable_yaml(info["config"]), end="")
+
+
+def readable_yaml(data: dict) -> str:
+    """YAML with text of several lines (a chat template) as a literal block, as it is written."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value: str):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True)
 
 
 def show_prompt(sess, text: str, ids: list[int]) -> None:

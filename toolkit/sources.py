@@ -40,6 +40,30 @@ def describe_tokenizer(tok: TokenizerConfig, llm: LLMConfig) -> str:
     return "the model's own (GGUF metadata or tokenizer.json beside the weights)"
 
 
+def weights_status(llm: LLMConfig) -> str:
+    """Whether the GGUF a run would load is here already, and its size, without downloading (--dry-run)."""
+    try:
+        if llm.path:
+            path = Path(llm.path).expanduser()
+            return f"local file, {_size(path.stat().st_size)}" if path.is_file() else f"{path} does not exist"
+        if llm.package:
+            return f"installed with the package, {_size(package_file(llm.package, llm.file or '').stat().st_size)}"
+        if llm.repo and llm.file:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(llm.repo, llm.file, revision=llm.branch)
+            if isinstance(cached, str) and Path(cached).is_file():
+                return f"in the Hugging Face cache, {_size(Path(cached).stat().st_size)}: {cached}"
+            return "not in the Hugging Face cache: the first run downloads it"
+    except (ModelError, OSError) as e:
+        return str(e)
+    return "none configured"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def resolve_gguf(llm: LLMConfig) -> Path:
     """The local GGUF file for ``llm``, downloading it once if it comes from the Hub."""
     if llm.path:
