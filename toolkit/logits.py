@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlxgen import settings
-from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_processors, min_p, top_k, top_p
+from mlxgen.sampling import NUMPY, Processor, SamplingParams, acceptor, make_processors, min_p, top_k, top_p
 from mlxgen.tokens import token_text
 
 OFF = {s.name: s.off for s in settings.TABLE if s.off is not None}  # the value that turns each filter off
@@ -156,6 +156,8 @@ class LogprobRecorder:
     def __init__(self, sample, k: int, ops: Any = NUMPY) -> None:
         self.sample, self.k, self.ops = sample, k, ops
         self.needs_history = getattr(sample, "needs_history", True)
+        self.constraints = getattr(sample, "constraints", ())
+        self.accept, self.rollback = acceptor(sample), getattr(sample, "rollback", None)
         self.records: list[tuple[int, float, list[tuple[int, float]]]] = []
 
     def __call__(self, history: Sequence[int], logits: Any):

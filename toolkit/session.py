@@ -10,9 +10,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from mlxgen import backends, chat, hardware, sources
+from mlxgen import backends, chat, constraint, hardware, sources
 from mlxgen.backends.base import Backend, Pipelined
 from mlxgen.config import Config
+from mlxgen.constraint import Grammar
 from mlxgen.loop import Done, Event, generate
 from mlxgen.prompt_cache import PromptCache
 from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_sampler
@@ -50,6 +51,7 @@ class Session:
     template: chat.PromptSpec
     load_s: float
     processors: tuple[Processor, ...] = ()  # logits processors every run of this session applies
+    constraint: "Grammar | None" = None  # inference.constraint bound to the model: a fresh matcher per run
     cache: PromptCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,8 +72,15 @@ class Session:
 
         ``processors``: the caller's own logits processors, after the settings' and the session's.
         """
-        chain = (*self.processors, *processors)
-        return make_sampler(params or sampling_params(self.cfg), ops=self.ops, processors=chain)
+        return make_sampler(params or sampling_params(self.cfg), ops=self.ops, processors=self.run_processors(processors))
+
+    def run_processors(self, processors: Sequence[Processor] = (), ops=None) -> tuple[Processor, ...]:
+        """A run's processors: the session's, a fresh matcher of its constraint, then ``processors``.
+
+        ``ops``: the arrays the matcher masks (the backend's own by default; numpy for `mlxgen logits`).
+        """
+        matcher = (self.constraint.matcher(ops or self.ops),) if self.constraint else ()
+        return (*self.processors, *matcher, *processors)
 
     def generate(
         self,
@@ -139,12 +148,20 @@ class Session:
 def open_session(cfg: Config, choice: hardware.Choice) -> Session:
     info, module = backends.REGISTRY[choice.backend], backends.load_module(choice.backend)
     t0 = time.perf_counter()
+    spec = constraint.from_config(cfg.inference.constraint)  # a bad schema fails before anything loads
     weights = module.prepare(cfg)
     tokenizer = info.open_tokenizer(cfg, weights)
     eos_ids = tokenizer.resolve_eos(cfg.tokenizer.eos_token)  # fails before the model loads
     backend = module.load(weights, cfg, choice)
     load_s = time.perf_counter() - t0
-    return Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s)
+    sess = Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s)
+    if spec is not None:
+        try:
+            sess.constraint = constraint.bind(spec, tokenizer, backend.vocab_size, eos_ids)
+        except BaseException:
+            backend.close()
+            raise
+    return sess
 
 
 def prompt_spec(cfg: Config, tokenizer: Tokenizer) -> chat.PromptSpec:
