@@ -461,8 +461,48 @@ def _triggers():
     T["gguf-model-counts"] = lambda w, mp: cli("run", "hi", "--model", patched_gguf(w, "llama.block_count", 100000))
     T["llamacpp-template"] = lambda w, mp: cli("run", "hi", "--model", broken_template_gguf(w))
     T["kv-cache-memory"] = lambda w, mp: kv_too_large(mp, load_config(None, {"llm.n_ctx": 100_000}))
+    # structured output
+    T["constraint-library"] = lambda w, mp: no_llguidance(mp)
+    T["constraint-invalid"] = lambda w, mp: cli("run", "hi", "--regex", "a(b")
+    T["constraint-not-json"] = lambda w, mp: cli("run", "hi", "--json-schema", "{nope")
+    T["constraint-not-object"] = lambda w, mp: cli("run", "hi", "--json-schema", "[1, 2]")
+    T["constraint-no-file"] = lambda w, mp: cli("run", "hi", "--grammar", str(w / "missing.lark"))
+    T["constraint-unreadable"] = lambda w, mp: cli("run", "hi", "--grammar", str(w))
+    T["constraint-empty"] = lambda w, mp: cli("run", "hi", "--grammar", " ")
+    T["constraint-empty-regex"] = lambda w, mp: cli("run", "hi", "--regex", "")
+    T["constraint-two"] = lambda w, mp: config(w, "inference:\n  constraint: {json_object: true, regex: a}\n")
+    T["constraint-two-flags"] = lambda w, mp: cli("run", "hi", "--json-object", "--regex", "a")
+    T["constraint-no-eos"] = lambda w, mp: lib(constraint_module().bind, constraint_module().make_spec("regex", "a"),
+                                               smol_tokenizer(), 49152, ())
+    T["constraint-forbidden"] = lambda w, mp: lib(smol_matcher().accept, 0)
+    T["constraint-rollback"] = lambda w, mp: lib(smol_matcher().rollback, 3)
     _ = (backends, TokenizerConfig)
     return T
+
+
+def constraint_module():
+    need("llguidance")
+    from mlxgen import constraint
+
+    return constraint
+
+
+def no_llguidance(mp) -> str:
+    mp.setitem(sys.modules, "llguidance", None)
+    return lib(__import__("mlxgen.constraint").constraint.make_spec, "json_object", True)
+
+
+@functools.lru_cache(maxsize=1)
+def smol_tokenizer():
+    from mlxgen.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf(smol())
+
+
+def smol_matcher():
+    c = constraint_module()
+    tok = smol_tokenizer()
+    return c.bind(c.make_spec("regex", "[0-9]+"), tok, tok.vocab_size, (2,)).matcher()
 
 
 # ------------------------------------------------------------------ trigger bodies

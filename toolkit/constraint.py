@@ -104,7 +104,10 @@ def make_spec(kind: str, value: Any) -> Spec:
 def _read_schema(value: Any, where: str) -> tuple[dict, str]:
     if isinstance(value, Mapping):
         return dict(value), "(inline)"
-    text, label = _read_text(value, where, "a JSON schema")
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        text, label = value, "(inline)"
+    else:
+        text, label = _read_text(value, where, "a JSON schema")
     try:
         schema = json.loads(text)
     except ValueError as e:
@@ -136,7 +139,10 @@ def _short(text: str, n: int = 40) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split("\n", 1)[0].split()) or "invalid"
+    """llguidance's message in one line: its first line, and the regex parser's ``error:`` line if any."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line.startswith("error:")), "")
+    return " ".join(" ".join([*lines[:1], detail]).split()) or "invalid"
 
 
 # ------------------------------------------------------------------ the vocabulary
