@@ -43,6 +43,7 @@ def rows(report: Report) -> list[dict]:
             "test": test,
             "ours": ours,
             "native": native,
+            "constrained": report.result(run.name, "constrained", test),
             "vs_base": ours.mean / first.mean if first else None,
         })
     return out
@@ -55,6 +56,10 @@ def format_markdown(report: Report) -> str:
     align = ["---", "---:", "---:", "---", "---:", "---:", "---:", "---:"]
     if native:
         head += ["native t/s", "ours/native", "overhead µs/tok"]
+        align += ["---:", "---:", "---:"]
+    constrained = report.settings.constraint is not None
+    if constrained:
+        head += ["constrained t/s", "constrained/plain", "constraint µs/tok"]
         align += ["---:", "---:", "---:"]
     if many:
         head.append(f"vs {report.backends[0].name}")
@@ -70,6 +75,11 @@ def format_markdown(report: Report) -> str:
             ratio, overhead = paired(ours, nat) if nat else (None, None)
             mark = " †" if nat and (pairs_disagree(ours, nat) or unstable(ours) or unstable(nat)) else ""
             cells += [_ts(nat, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
+        if constrained:
+            con = row["constrained"]
+            ratio, overhead = paired(con, ours) if con else (None, None)
+            mark = " †" if con and (pairs_disagree(con, ours) or unstable(ours) or unstable(con)) else ""
+            cells += [_ts(con, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if con else ["-", "-", "-"]
         if many:
             cells.append("-" if row["vs_base"] is None else f"{row['vs_base']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
@@ -104,6 +114,17 @@ def notes(report: Report) -> list[str]:
     if report.settings.vs_native and any("†" in line for line in _ratio_marks(report)):
         out.append(f"† not a verdict: the runs are noisy or the interleaved ours/native ratios disagree "
                    f"(interquartile spread above {PAIRS_DISAGREE:.0%})")
+    con = report.environment.get("constraint")
+    if con:
+        open_part = (f"; the grammar was still open for {con['open_tokens']} of the last run's {con['of_tokens']} tokens "
+                     "(after that only EOS is allowed, and ignored)" if "open_tokens" in con else "")
+        out.append(f"constrained: {con['label']} · checked in {con['check_ms']:.1f} ms, compiled on the vocabulary in "
+                   f"{con.get('compile_ms', 0):.1f} ms (its tokenizer built once in {con.get('tokenizer_ms', 0):.0f} ms)"
+                   f"{open_part}; constrained/plain and µs/tok: medians over interleaved pairs")
+    if report.settings.constraint is not None and any(
+            row["constrained"] and (pairs_disagree(row["constrained"], row["ours"]) or unstable(row["constrained"]))
+            for row in rows(report)):
+        out.append("† constrained/plain not a verdict: noisy runs or disagreeing pairs")
     load = report.environment.get("load") or {}
     if load.get("busy"):
         steal = load.get("steal")

@@ -520,6 +520,7 @@ def doctor(**options: Any) -> None:
 @click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
+@constraint_options
 def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
           output: str, plot: str | None, **options: Any) -> None:
     """llama-bench style pp/tg tests on one seeded token trace; table on stdout, progress on stderr.
@@ -528,6 +529,7 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     mlxgen bench                                  pp512 + tg128 on the detected backend
     mlxgen bench --backend all --vs-native        every backend, each against its own library's loop
     mlxgen bench -p 128,512 -n 64 -d 0,2048 -o csv
+    mlxgen bench -p 16 -n 128 --json-schema s.json   the constraint's cost: constrained/plain, interleaved
     """
     from mlxgen import bench as benchmod
     from mlxgen import bench_output
@@ -547,6 +549,12 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     if everything:
         options["backend"] = "auto"
     cfg = resolve_config(options)
+    if cfg.inference.constraint.active:
+        import dataclasses
+
+        from mlxgen import constraint
+
+        settings = dataclasses.replace(settings, constraint=constraint.from_config(cfg.inference.constraint))
     facts = probe_hardware()
     from mlxgen import backends, hardware
 

@@ -268,15 +268,35 @@ def bind(spec: Spec, tokenizer: Any, vocab_size: int, eos_ids: Sequence[int]) ->
     if not eos_ids:
         raise ConstraintError(f"{spec.label}: the model has no EOS token, so no output could ever end")
     t0 = time.perf_counter()
-    tokens, special = token_bytes(tokenizer, vocab_size)
-    lltok = llg.LLTokenizer(llg.TokenizerWrapper(_Wrapped(tokenizer, tokens, special, eos_ids)), n_vocab=vocab_size,
-                            eos_token=list(eos_ids))
+    lltok = _lltokenizer(tokenizer, vocab_size, tuple(eos_ids))
     t1 = time.perf_counter()
     matcher = llg.LLMatcher(lltok, spec.grammar, log_level=0)
     t2 = time.perf_counter()
     if matcher.is_error():
         raise ConstraintError(f"{spec.label}: {_one_line(matcher.get_error())}")
     return Grammar(spec, vocab_size, tuple(eos_ids), (t2 - t1) * 1e3, (t1 - t0) * 1e3, matcher)
+
+
+_TOKENIZERS: dict[tuple, tuple[Any, Any]] = {}  # (id(tokenizer), n_vocab, eos) -> (weakref, LLTokenizer)
+
+
+def _lltokenizer(tokenizer: Any, vocab_size: int, eos_ids: tuple[int, ...]):
+    """llguidance's tokenizer for this vocabulary, built once per tokenizer object (a few hundred ms)."""
+    import weakref
+
+    llg = _llg()
+    key = (id(tokenizer), vocab_size, eos_ids)
+    hit = _TOKENIZERS.get(key)
+    if hit is not None and hit[0]() is tokenizer:
+        return hit[1]
+    tokens, special = token_bytes(tokenizer, vocab_size)
+    wrapped = llg.TokenizerWrapper(_Wrapped(tokenizer, tokens, special, eos_ids))
+    lltok = llg.LLTokenizer(wrapped, n_vocab=vocab_size, eos_token=list(eos_ids))
+    try:
+        _TOKENIZERS[key] = (weakref.ref(tokenizer), lltok)
+    except TypeError:  # an object without weak references: build it each time
+        pass
+    return lltok
 
 
 # ------------------------------------------------------------------ the processor
@@ -312,6 +332,7 @@ class Matcher:
         self._table, self._bytes, self._rows = _table(ops)
         self.name = f"constraint {grammar.spec.label}"
         self.accepted = 0  # tokens accepted so far (the EOS included)
+        self.open_tokens = 0  # of those, accepted while the grammar was not yet complete
 
     def mask(self) -> Any:
         """{0, -inf} per id for the next position, as the ops' array (length: the model's vocabulary)."""
@@ -331,11 +352,13 @@ class Matcher:
             raise MlxgenError(f"{self.name}: token {token} was drawn but the grammar forbids it "
                               f"({_one_line(self._m.get_error())})")
         self.accepted += 1
+        self.open_tokens += not self._m.is_stopped()
 
     def rollback(self, n: int) -> None:
         if n and not self._m.rollback(n):
             raise MlxgenError(f"{self.name}: cannot roll back {n} tokens ({_one_line(self._m.get_error())})")
         self.accepted -= n
+        self.open_tokens = min(self.open_tokens, self.accepted)
 
     @property
     def complete(self) -> bool:
