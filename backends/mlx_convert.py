@@ -5,7 +5,7 @@ folder per key:
 
     hf-<owner>--<name>-<commit12>-q4g64       a Hub repo at a resolved commit, quantized
     local-<folder>-<digest>-q4g64             a local HF folder (path + file sizes/mtimes)
-    gguf-<file stem>-<digest>                 a GGUF (path + size + mtime + import recipe)
+    gguf-<file stem>-<digest>                 a GGUF (its content fingerprint + import recipe)
 
 An entry is built in a temporary folder beside its final place and renamed into place
 (``mlxgen.cache.atomic_dir``); ``mlxgen-manifest.json`` is written last and lists every
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mlxgen.cache import atomic_dir
+from mlxgen.cache import atomic_dir, fingerprint
 from mlxgen.cache import cache_root as mlxgen_cache_root
 from mlxgen.errors import ModelError
 
@@ -111,14 +111,14 @@ def import_gguf_cached(gguf: Path, bits: int = 4, group_size: int = 64, out: Pat
     from mlxgen.backends.mlx_gguf import import_gguf
 
     gguf = gguf.resolve()
-    st = gguf.stat()
-    ident = f"{gguf}|{st.st_size}|{st.st_mtime_ns}|recipe{GGUF_RECIPE}|q{bits}g{group_size}"
+    content = fingerprint(gguf)  # by content: the same file in another venv or folder is the same entry
+    ident = f"{content}|recipe{GGUF_RECIPE}|q{bits}g{group_size}"
     key = f"gguf-{_slug(gguf.stem)}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
     return _cached(
         out or cache_root() / key,
         lambda tmp: import_gguf(gguf, tmp, bits, group_size, say),
-        {"source": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "recipe": GGUF_RECIPE,
-         "bits": bits, "group_size": group_size},
+        {"content": content, "size": gguf.stat().st_size, "recipe": GGUF_RECIPE, "bits": bits,
+         "group_size": group_size},
     )
 
 

@@ -623,3 +623,20 @@ def test_backend_mlx_without_mlx_installed(monkeypatch) -> None:
     facts = hardware.Facts("Darwin", "arm64", frozenset({"llama.cpp"}), frozenset(), 8)
     with pytest.raises(BackendUnavailable):
         hardware.detect(facts, "mlx")
+
+
+def test_one_gguf_in_two_places_is_one_import(hf_models, tmp_path) -> None:
+    """Keyed by content: every new venv re-imported the same model (issue 18)."""
+    import shutil
+
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    first = write_gguf(hf_models["llama"], tmp_path / "a" / "tiny.gguf", "Q8_0")
+    second = tmp_path / "b" / "tiny.gguf"
+    shutil.copy(first, second)
+    assert mlx_convert.import_gguf_cached(first) == mlx_convert.import_gguf_cached(second)
+    changed = tmp_path / "c" / "tiny.gguf"
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor
+    changed.write_bytes(bytes(data))
+    assert mlx_convert.import_gguf_cached(changed) != mlx_convert.import_gguf_cached(first)
