@@ -494,9 +494,9 @@ def no_llguidance(mp) -> str:
 
 @functools.lru_cache(maxsize=1)
 def smol_tokenizer():
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen import tokenizer
 
-    return Tokenizer.from_gguf(smol())
+    return (getattr(tokenizer, "from_gguf", None) or tokenizer.Tokenizer.from_gguf)(smol())
 
 
 def smol_matcher():

@@ -30,9 +30,9 @@ from typing import Any, Mapping, Sequence
 from mlxgen.errors import ConfigError, MlxgenError, first_line
 
 KINDS = ("json_schema", "json_object", "regex", "grammar")
-FLAGS = {"json_schema": "--json-schema", "json_object": "--json-object", "regex": "--regex", "grammar": "--grammar"}
 # JSON as one line with a space after ':' and ',': small models wander off in free
-# whitespace (an object that never closes); every valid value is still reachable.
+# whitespace (an object that never closes); every valid value is still reachable. A schema's own
+# "x-guidance" options (llguidance's) override these.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_OBJECT = {"type": "object"}
 
@@ -78,11 +78,11 @@ def make_spec(kind: str, value: Any) -> Spec:
     schema = None
     if kind == "json_object":
         schema, label = ANY_OBJECT, "json_object"
-        grammar = llg.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+        grammar = llg.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     elif kind == "json_schema":
         schema, label = _read_schema(value, where)
         try:
-            grammar = llg.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+            grammar = llg.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         except ValueError as e:
             raise ConstraintError(f"{where}: {label}: {first_line(e)}") from None
     elif kind == "regex":
