@@ -1,6 +1,7 @@
 """Sampling: small pure functions, composed once per run.
 
-    processors (history, logits) -> logits     repetition penalty
+    processors (history, logits) -> logits     repetition penalty; constraints (grammar, JSON
+                                                schema) also hear each drawn token: ``Constraint``
     temperature                                 0 means argmax
     filters    logits -> logits                 top-k, top-p, min-p (masking with -inf)
     draw       logits, u -> token               inverse CDF in vocabulary order
