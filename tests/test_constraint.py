@@ -280,3 +280,34 @@ def test_mlx_sampler_under_a_constraint_draws_what_numpy_draws(btok):
                                    ops=ops, pipelined=ops is MLX)
         out[ops.name] = done.tokens
     assert out["numpy"] == out["mlx"] and re.fullmatch(r"[a-z]{4,8}", bytes(out["numpy"]).decode())
+
+
+def test_pipelined_backends_get_the_next_step_before_the_token_is_accepted():
+    """On MLX the step for token n is queued (lazily) before token n is read and accepted:
+    only the sampling of n+1 waits for the constraint, not the forward pass."""
+    log: list[str] = []
+
+    class Logged(FakeBackend):
+        def step(self, token):
+            log.append(f"step {int(token)}")
+            return super().step(token)
+
+    class Spy:
+        needs_history = False
+
+        def __call__(self, history, logits):
+            log.append("mask")
+            return logits
+
+        def accept(self, token):
+            log.append(f"accept {token}")
+
+        def rollback(self, n):
+            pass
+
+    backend = Logged([1, 2, 3], vocab_size=10, pipelined=True)
+    backend.schedule = lambda lazy: log.append("schedule")
+    sample = make_sampler(SamplingParams(temperature=0), processors=[Spy()])
+    run(generate(backend, PROMPT, sample, lambda ids: "x" * len(ids), max_tokens=3))
+    assert log == ["mask", "step 1", "schedule", "accept 1", "mask", "step 2", "schedule", "accept 2", "mask",
+                   "accept 3"]
