@@ -12,6 +12,8 @@ For every backend named (default: every installed one), on the embedded SmolLM2-
 
     python scripts/structured_validity.py                  # both backends, full run
     python scripts/structured_validity.py --limit 5 --seeds 1 --backend llama.cpp
+    python scripts/structured_validity.py --backend mlx --out mlx.jsonl &      # in parallel, then:
+    python scripts/structured_validity.py --summarize llama.jsonl mlx.jsonl
 
 Writes one JSON record per run to ``--out`` (JSON lines) and prints the counts.
 """
@@ -55,7 +57,15 @@ def main() -> int:
     ap.add_argument("--free-tokens", type=int, default=48, help="unconstrained greedy tokens to compare backends")
     ap.add_argument("--limit", type=int, default=None, help="only the first N schemas (and N others)")
     ap.add_argument("--out", default="structured_validity.jsonl")
+    ap.add_argument("--summarize", nargs="+", metavar="JSONL", help="only summarize earlier runs' files "
+                    "(e.g. one per backend, run in parallel)")
     args = ap.parse_args()
+    if args.summarize:
+        records = [json.loads(line) for path in args.summarize for line in open(path, encoding="utf-8")]
+        names = list(dict.fromkeys(r["backend"] for r in records))
+        summary = summarize(records, names)
+        print(json.dumps(summary, indent=1))
+        return 0 if summary["invalid_finished"] == 0 and summary["claimed_complete_but_invalid"] == 0 else 1
 
     from mlxgen import backends, hardware
 
@@ -65,9 +75,7 @@ def main() -> int:
     records = []
     for name in names:
         t0 = time.perf_counter()
-        recs = run_backend(name, facts, args)
-        for r in recs:
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        recs = run_backend(name, facts, args, out)
         records += recs
         print(f"{name}: {len(recs)} runs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     out.close()
@@ -76,7 +84,7 @@ def main() -> int:
     return 0 if summary["invalid_finished"] == 0 and summary["claimed_complete_but_invalid"] == 0 else 1
 
 
-def run_backend(name: str, facts, args) -> list[dict]:
+def run_backend(name: str, facts, args, out) -> list[dict]:
     import jsonschema
 
     from mlxgen import constraint, hardware
@@ -89,7 +97,12 @@ def run_backend(name: str, facts, args) -> list[dict]:
     sess = open_session(cfg, hardware.detect(facts, name))
     cases = [(n, p, "json_schema", json.dumps(sc), sc) for n, p, sc in SCHEMAS[: args.limit]]
     cases += [(n, p, k, v, rx) for n, p, k, v, rx in OTHERS[: args.limit]]
-    records = []
+    records: list[dict] = []
+
+    def keep(r: dict) -> None:  # written as it comes: a long run interrupted keeps what finished
+        records.append(r)
+        out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        out.flush()
 
     def run(ids, params, spec=None, max_tokens=None):
         sess.constraint = constraint.bind(spec, sess.tokenizer, sess.backend.vocab_size, sess.eos_ids) if spec else None
@@ -105,14 +118,13 @@ def run_backend(name: str, facts, args) -> list[dict]:
             base = sampling_params(cfg)
             for seed in range(args.seeds):
                 done, matcher = run(ids, dataclasses.replace(base, seed=seed), spec)
-                records.append(record(name, case, kind, "sampled", seed, done, matcher, valid(kind, check, done.text,
-                                                                                             jsonschema)))
+                keep(record(name, case, kind, "sampled", seed, done, matcher, valid(kind, check, done.text, jsonschema)))
             greedy = dataclasses.replace(base, temperature=0.0)
             done, matcher = run(ids, greedy, spec)
-            records.append(record(name, case, kind, "greedy", None, done, matcher, valid(kind, check, done.text,
-                                                                                         jsonschema)))
+            keep(record(name, case, kind, "greedy", None, done, matcher, valid(kind, check, done.text, jsonschema)))
             free, _ = run(ids, greedy, None, args.free_tokens)
-            records.append(record(name, case, kind, "free", None, free, None, None))
+            keep(record(name, case, kind, "free", None, free, None, None))
+            print(f"{name} {case}: done", file=sys.stderr, flush=True)
     finally:
         sess.close()
     return records
