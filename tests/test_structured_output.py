@@ -156,4 +156,4 @@ def test_bench_runs_the_constrained_loop_beside_the_plain_one(cache_env):
     assert "constrained: regex [a-z ]+ · checked in" in out
     assert "the grammar was still open for 8 of the last run's 8 tokens" in out
     row = next(line for line in out.splitlines() if "| tg8 |" in line)
-    assert float(row.split("|")[-3]) > 0  # constrained/plain, a ratio
+    assert float(row.split("|")[-3].strip(" †")) > 0  # constrained/plain, a ratio (†: noisy, not a verdict)
