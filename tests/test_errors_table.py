@@ -545,9 +545,9 @@ def offline_mlx_repo(w: Path) -> list[str]:
 
 
 def load_tokenizer_json(path: str):
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
-    return Tokenizer.from_json(path)
+    return HFTokenizer.from_json(path)
 
 
 def gguf_check():

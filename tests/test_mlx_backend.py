@@ -409,9 +409,9 @@ def test_smollm2_import_is_lossless_per_layer(smol, smol_gguf) -> None:
 
 @pytest.mark.mlx
 def test_smollm2_greedy_matches_mlx_lm(smol) -> None:
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
-    tok = Tokenizer.from_json(smol / "tokenizer.json")
+    tok = HFTokenizer.from_json(smol / "tokenizer.json")
     chat = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
     for text, n in [(chat.format("Tell me a short story about a lighthouse keeper."), 64),
                     (chat.format("List three prime numbers."), 12),
@@ -431,9 +431,9 @@ def test_smollm2_next_token_agrees_with_llamacpp(smol, smol_gguf) -> None:
 
     from mlx_lm.utils import load_model
 
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
-    tok = Tokenizer.from_gguf(smol_gguf)
+    tok = HFTokenizer.from_gguf(smol_gguf)
     model, _ = load_model(smol)
     agree = total = 0
     kls = []

