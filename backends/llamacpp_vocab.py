@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import llama_cpp
 from llama_cpp import _internals
 
+from mlxgen import gguf_check
 from mlxgen.errors import ModelError
 from mlxgen.tokenizer import Span, resolve_eos
 
@@ -33,7 +34,10 @@ CHUNKABLE_PRE = {"default", "gpt-2", "llama-bpe", "llama3", "dbrx", "smaug-bpe",
 
 
 def open(path: str | Path) -> "LlamaCppTokenizer":  # noqa: A001 - the registry calls module.open(path)
-    return LlamaCppTokenizer(Path(path))
+    """The tokenizer of a GGUF file, checked first as the backend checks it (llama.cpp aborts on some damage)."""
+    path = Path(path)
+    gguf_check.check_model(path, gguf_check.check(path))
+    return LlamaCppTokenizer(path)
 
 
 class LlamaCppTokenizer:
@@ -45,7 +49,7 @@ class LlamaCppTokenizer:
         try:
             self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
-            raise ModelError(f"{path}: llama.cpp cannot read this model's vocabulary ({e})") from None
+            raise ModelError(f"{path}: llama.cpp cannot load this model ({e})") from None  # as the backend says it
         model = self._model.model
         self._pieces: dict[int, bytes] = {}
         self._vocab = llama_cpp.llama_model_get_vocab(model)

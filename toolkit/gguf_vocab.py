@@ -71,7 +71,15 @@ PRE_TOKENIZERS: dict[str, list[str]] = {
     "deepseek-coder": DEEPSEEK_CODER,
 }
 # Pre-tokenizers for which llama.cpp takes a piece that is itself a token whole, before any merge.
-IGNORE_MERGES = {"llama-bpe", "llama3"}
+IGNORE_MERGES = {"llama-bpe", "llama3"}  # llama.cpp also adds BOS by default for these
+# Tokens llama.cpp ends generation on by their text, besides the eos/eot/eom/fim ids (llama-vocab.cpp).
+EOG_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+             "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+             "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+             "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~["}
+FIM_TEXTS = {"fim_pad": {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"},
+             "fim_rep": {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
+             "fim_sep": {"<|file_sep|>"}}
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED = 1, 2, 3, 4
 CACHE_VERSION = "v2"  # v2: SentencePiece, Gemma 4, more pre-tokenizers, ignore_merges
 
@@ -192,13 +200,7 @@ def _build(reader) -> GGUFVocab:
         return value if 0 <= value < len(tokens) else None
 
     bos_id = token_id("tokenizer.ggml.bos_token_id")
-    eos_ids = tuple(
-        dict.fromkeys(
-            i
-            for i in (token_id(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom"))
-            if i is not None
-        )
-    )
+    eos_ids = _end_of_generation(tokens, token_id)
     special = {}
     if bos_id is not None:
         special["bos_token"] = tokens[bos_id]
@@ -206,7 +208,7 @@ def _build(reader) -> GGUFVocab:
         special["eos_token"] = tokens[eos_ids[0]]
     add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", None)
     if add_bos is None or (model == "gemma4" and not add_bos):  # llama.cpp's defaults (and its Gemma 4 override)
-        add_bos = model in ("llama", "gemma4")
+        add_bos = model in ("llama", "gemma4") or pre in IGNORE_MERGES
     return GGUFVocab(
         tokenizer=tok,
         model=model,
@@ -217,6 +219,28 @@ def _build(reader) -> GGUFVocab:
         chat_template=_text_or_none(reader, "tokenizer.chat_template"),
         special=special,
     )
+
+
+def _end_of_generation(tokens: list[str], token_id) -> tuple[int, ...]:
+    """The ids llama.cpp ends generation on: eos/eot/eom, the FIM pad/repo/file-separator tokens
+    (named in the metadata or found by their text), and the tokens of ``EOG_TEXTS``, with its
+    two exceptions (Gemma 4's normal ``</s>``, gpt-oss's ``<|end|>``)."""
+    ids = [token_id(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    for key, texts in FIM_TEXTS.items():
+        found = token_id(f"tokenizer.ggml.{key}_token_id")
+        if found is None:
+            found = next((i for i, t in enumerate(tokens) if t in texts), None)
+        ids.append(found)
+    ids += [i for i, t in enumerate(tokens) if t in EOG_TEXTS]
+    eog = dict.fromkeys(i for i in ids if i is not None)
+    texts = {tokens[i]: i for i in eog}
+    if "</s>" in texts and "<|tool_response>" in texts:
+        eog.pop(texts["</s>"])
+    if "<|end|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts) and (
+        "<|return|>" in texts or "<|flush|>" in texts
+    ):
+        eog.pop(texts["<|end|>"])
+    return tuple(eog)
 
 
 def _bpe(reader, tokens: list[str], types: list[int], pre: str):
