@@ -11,6 +11,7 @@ template are the ones llama.cpp reads from the same file.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ import llama_cpp
 from llama_cpp import _internals
 
 from mlxgen import gguf_check
+from mlxgen.cache import atomic_write_text, cache_root
 from mlxgen.errors import ModelError
 from mlxgen.tokenizer import Span, resolve_eos
 
@@ -36,8 +38,26 @@ CHUNKABLE_PRE = {"default", "gpt-2", "llama-bpe", "llama3", "dbrx", "smaug-bpe",
 def open(path: str | Path) -> "LlamaCppTokenizer":  # noqa: A001 - the registry calls module.open(path)
     """The tokenizer of a GGUF file, checked first as the backend checks it (llama.cpp aborts on some damage)."""
     path = Path(path)
-    gguf_check.check_model(path, gguf_check.check(path))
+    marker = _checked_marker(path)
+    if marker is None or not marker.is_file():
+        gguf_check.check_model(path, gguf_check.check(path))
+        if marker is not None:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(marker, "")
+            except OSError:
+                pass  # a read-only cache only costs the check next time
     return LlamaCppTokenizer(path)
+
+
+def _checked_marker(path: Path) -> Path | None:
+    """A file in the cache saying this file (same path, size and mtime) passed the check."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # the check says what is wrong
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return cache_root() / "gguf-checked" / key
 
 
 class LlamaCppTokenizer:

@@ -109,3 +109,27 @@ def test_every_template_renders(root):
         except Exception as e:  # noqa: BLE001 - collect them all
             failed.append(f"{p.name}: {type(e).__name__}: {e}")
     assert failed == [], f"{len(paths) - len(failed)}/{len(paths)} render:\n" + "\n".join(failed)
+
+
+@pytest.mark.parametrize("which", ["rebuilt", "llama.cpp"])
+def test_sentencepiece_streams_whole_characters(vocabs, which, tmp_path, monkeypatch):
+    """Byte-fallback pieces (<0xF0>...) are held back until the character is whole; spaces are kept."""
+    monkeypatch.setenv("MLXGEN_CACHE", str(tmp_path))
+    from mlxgen.streaming import IncrementalDecoder
+    from mlxgen.tokenizer import HFTokenizer
+
+    v = vocab(vocabs, "llama-spm")
+    if which == "rebuilt":
+        tok = HFTokenizer.from_gguf(v.gguf)
+    else:
+        pytest.importorskip("llama_cpp")
+        from mlxgen.backends import llamacpp_vocab
+
+        tok = llamacpp_vocab.open(v.gguf)
+    text = "Hello 🙂 world, 你好  twice"
+    ids = tok.encode(text, bos=False)
+    assert len([i for i in ids if len(tok.token_bytes(i)) == 1 and tok.token_bytes(i)[0] >= 0x80]) >= 4
+    dec = IncrementalDecoder(tok.decode)
+    deltas = [dec.add(i) for i in ids] + [dec.flush()]
+    assert all("\ufffd" not in d for d in deltas)
+    assert "".join(deltas) == " " + text  # SentencePiece's prefix space, as llama.cpp's pieces spell it
