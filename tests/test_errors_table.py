@@ -370,7 +370,7 @@ def _triggers():
     T["llamacpp-load"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1", "-c", write(
         w, "noeos.yaml", "tokenizer:\n  eos_token: []\n"), "--model", str(gguf_file(w, "arch.gguf", arch="nosucharch")))
     T["gguf-no-tokenizer"] = lambda w, mp: vocab_error(w, "v1.gguf", meta={"tokenizer.ggml.model": None})
-    T["gguf-tokenizer-model"] = lambda w, mp: vocab_error(w, "v2.gguf", meta={"tokenizer.ggml.model": "bert"})
+    T["gguf-tokenizer-model"] = lambda w, mp: vocab_error(w, "v2.gguf", meta={"tokenizer.ggml.model": "t5"})
     T["gguf-vocab-scores"] = lambda w, mp: vocab_error(w, "v2s.gguf", meta={"tokenizer.ggml.model": "llama"})
     T["gguf-pretokenizer"] = lambda w, mp: vocab_error(w, "v3.gguf", meta={"tokenizer.ggml.pre": "martian"})
     T["gguf-vocab-tokens"] = lambda w, mp: vocab_error(w, "v4.gguf", meta={"tokenizer.ggml.tokens": None})

@@ -1,14 +1,23 @@
 """A Hugging Face ``tokenizers`` tokenizer built from a GGUF file's vocabulary.
 
-A GGUF carries its tokenizer as metadata (``tokenizer.ggml.*``). For byte-level BPE
-models (``tokenizer.ggml.model == "gpt2"``: SmolLM, Qwen, Llama 3, ...) this module
-rebuilds the same tokenizer llama.cpp runs: the vocabulary and merges, the
-pre-tokenizer regexes llama.cpp uses for the model's ``tokenizer.ggml.pre`` type, and
-its control tokens as special tokens. The ids match llama.cpp's tokenizer
-(``tests/test_tokenizer_parity.py`` checks a varied corpus).
+A GGUF carries its tokenizer as metadata (``tokenizer.ggml.*``). This module rebuilds
+the tokenizer llama.cpp runs (llama-vocab.cpp), for the MLX backend and machines
+without llama.cpp (the llama.cpp backend uses llama.cpp's own):
 
-Reading 50k strings through ``gguf.GGUFReader`` takes a second or two, so the result
-is cached as a tokenizer.json keyed by the file's identity.
+- byte-level BPE (``gpt2``: SmolLM, Qwen, Llama 3, DeepSeek, Falcon, Command-R, ...):
+  the merges, llama.cpp's regexes for the ``tokenizer.ggml.pre`` type, its rule of
+  taking a piece that is a whole token before merging (``IGNORE_MERGES``);
+- SentencePiece (``llama``: Llama 2, Mistral, Phi-3, Gemma 1-3): scores as merge ranks,
+  a ``▁`` before every run of text, ``<0xNN>`` byte fallback;
+- Gemma 4 (``gemma4``) and WordPiece (``bert``).
+
+Every vocabulary in llama.cpp's own tokenizer suite gives its ids
+(``tests/test_llamacpp_suite.py``); anything else is refused in one line naming the
+vocabulary, never tokenized differently. The special tokens, BOS rule and
+end-of-generation set follow llama.cpp's rules too.
+
+Reading a large vocabulary through ``gguf.GGUFReader`` takes seconds, so the result is
+cached as a tokenizer.json keyed by the file's identity.
 """
 
 from __future__ import annotations
@@ -200,6 +209,8 @@ def _build(reader) -> GGUFVocab:
         return value if 0 <= value < len(tokens) else None
 
     bos_id = token_id("tokenizer.ggml.bos_token_id")
+    if bos_id is None and model == "bert":  # llama.cpp's WordPiece: [CLS] starts the text
+        bos_id = token_id("tokenizer.ggml.cls_token_id")
     eos_ids = _end_of_generation(tokens, token_id)
     special = {}
     if bos_id is not None:
@@ -208,7 +219,7 @@ def _build(reader) -> GGUFVocab:
         special["eos_token"] = tokens[eos_ids[0]]
     add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", None)
     if add_bos is None or (model == "gemma4" and not add_bos):  # llama.cpp's defaults (and its Gemma 4 override)
-        add_bos = model in ("llama", "gemma4") or pre in IGNORE_MERGES
+        add_bos = model in ("llama", "gemma4", "bert") or pre in IGNORE_MERGES
     return GGUFVocab(
         tokenizer=tok,
         model=model,
@@ -316,6 +327,31 @@ def _spm(reader, tokens: list[str], types: list[int], pre: str):
     return tok
 
 
+def _wordpiece(reader, tokens: list[str], types: list[int], pre: str):
+    """WordPiece (``bert``) as llama.cpp runs it: Bert's normalizer and word split, then the longest
+    vocabulary entry first, words starting with ``▁`` and continuations without ``##``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    lowercase = bool(field_value(reader, "tokenizer.ggml.normalizer.lowercase", pre != "whitespace"))
+    strip = field_value(reader, "tokenizer.ggml.normalizer.strip_accents", None)
+    unk = next((tokens[i] for i, t in enumerate(types) if t == UNKNOWN), "[UNK]")
+    try:
+        wp = models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token=unk,
+                              max_input_chars_per_word=1 << 30, continuing_subword_prefix="")
+    except Exception as e:
+        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({_first_line(e)})") from None
+    tok = Tokenizer(wp)
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=lowercase if strip is None else bool(strip),
+                                                lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always",
+                                                                     split=False)]
+    )
+    tok.decoder = _sentencepiece_decoder()
+    return tok
+
+
 def _sentencepiece_decoder():
     from tokenizers import decoders
 
@@ -327,7 +363,7 @@ def _is_phi3(reader) -> bool:
     return isinstance(name, str) and any(k in name.lower() for k in ("phi-3", "phi3"))
 
 
-BUILDERS = {"gpt2": _bpe, "llama": _spm, "gemma4": _gemma4}
+BUILDERS = {"gpt2": _bpe, "llama": _spm, "gemma4": _gemma4, "bert": _wordpiece}
 
 
 def _kind(value) -> str:
