@@ -403,7 +403,7 @@ def test_smollm2_import_is_lossless_per_layer(smol, smol_gguf) -> None:
         assert mx.array_equal(ours[f"{name}.scales"], native[f"{gname}.scales"])
         assert mx.array_equal(ours[f"{name}.biases"], native[f"{gname}.biases"])
     gen = json.loads((smol / "generation_config.json").read_text())
-    assert gen["eos_token_id"] == [2]
+    assert gen["eos_token_id"] == [2, 4, 0]  # llama.cpp's end-of-generation set: <|im_end|>, <reponame> (FIM), <|endoftext|>
     assert "im_start" in json.loads((smol / "tokenizer_config.json").read_text())["chat_template"]
 
 
