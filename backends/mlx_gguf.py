@@ -377,13 +377,13 @@ def _unpermute(x, n_heads: int):
 
 
 def _write_tokenizer(path: Path, out: Path, context_length: int) -> None:
-    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import Tokenizer as HF
     from tokenizers.processors import TemplateProcessing
 
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
-    tok = Tokenizer.from_gguf(path)
-    hf = HFTokenizer.from_str(tok.hf.to_str())
+    tok = HFTokenizer.from_gguf(path)
+    hf = HF.from_str(tok.hf.to_str())
     bos = tok.special.get("bos_token")
     if tok.add_bos and tok.bos_id is not None and bos:
         # The GGUF says "add BOS": make the tokenizer.json say so too, for mlx-lm and for us.

@@ -138,9 +138,9 @@ def run(
     from mlx_lm.utils import load_model
 
     from mlxgen.backends import mlx_convert
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
-    tok = Tokenizer.from_gguf(gguf)
+    tok = HFTokenizer.from_gguf(gguf)
     folder = mlx_folder or mlx_convert.import_gguf_cached(gguf)
     model, _ = load_model(folder)
     exact = float_reference(folder) if explain else None

@@ -370,7 +370,8 @@ def _triggers():
     T["llamacpp-load"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1", "-c", write(
         w, "noeos.yaml", "tokenizer:\n  eos_token: []\n"), "--model", str(gguf_file(w, "arch.gguf", arch="nosucharch")))
     T["gguf-no-tokenizer"] = lambda w, mp: vocab_error(w, "v1.gguf", meta={"tokenizer.ggml.model": None})
-    T["gguf-tokenizer-model"] = lambda w, mp: vocab_error(w, "v2.gguf", meta={"tokenizer.ggml.model": "llama"})
+    T["gguf-tokenizer-model"] = lambda w, mp: vocab_error(w, "v2.gguf", meta={"tokenizer.ggml.model": "t5"})
+    T["gguf-vocab-scores"] = lambda w, mp: vocab_error(w, "v2s.gguf", meta={"tokenizer.ggml.model": "llama"})
     T["gguf-pretokenizer"] = lambda w, mp: vocab_error(w, "v3.gguf", meta={"tokenizer.ggml.pre": "martian"})
     T["gguf-vocab-tokens"] = lambda w, mp: vocab_error(w, "v4.gguf", meta={"tokenizer.ggml.tokens": None})
     T["gguf-vocab-types"] = lambda w, mp: vocab_error(w, "v5.gguf", meta={"tokenizer.ggml.token_type": [1, 1]})
@@ -545,9 +546,9 @@ def offline_mlx_repo(w: Path) -> list[str]:
 
 
 def load_tokenizer_json(path: str):
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
-    return Tokenizer.from_json(path)
+    return HFTokenizer.from_json(path)
 
 
 def gguf_check():
