@@ -81,11 +81,14 @@ def import_gguf(
     group_size: int = 64,
     progress: Callable[[str], None] | None = None,
     scale_dtype=np.float16,
+    float32: bool = False,
 ) -> Imported:
     """Write the mlx-lm folder for the GGUF at ``path`` into the (empty) folder ``out``.
 
     ``bits``/``group_size`` apply only to types with no exact or near-exact MLX layout.
     ``scale_dtype`` float32 keeps K-quant scales (d*sc, 17 significant bits) exact.
+    ``float32`` writes every tensor as gguf.quants dequantizes it, in float32: the exact
+    GGUF numbers as a reference model (parity measurements), not for use.
     """
     import mlx.core as mx
     from gguf import GGUFReader
@@ -133,7 +136,7 @@ def import_gguf(
                 continue
             raise ModelError(f"{path.name}: tensor {t.name!r} has no MLX counterpart in the import")
         shape = expect[name]
-        parts, layer = _convert_tensor(t, shape, bits, group_size, scale_dtype, stats)
+        parts, layer = _convert_tensor(t, shape, bits, group_size, scale_dtype, stats, float32)
         if arch.permuted_qk and t.name.endswith(("attn_q.weight", "attn_k.weight", "attn_q.bias", "attn_k.bias")):
             heads = n_heads if ".attn_q." in t.name else n_kv
             parts = {k: _unpermute(v, heads) for k, v in parts.items()}
@@ -163,12 +166,16 @@ def import_gguf(
     return stats
 
 
-def _convert_tensor(t, shape: tuple, bits: int, group_size: int, scale_dtype, stats: Imported):
+def _convert_tensor(t, shape: tuple, bits: int, group_size: int, scale_dtype, stats: Imported, float32=False):
     """One GGUF tensor -> ({weight[, scales, biases]}, per-layer quantization or None) in the model's shape."""
     import gguf.quants as gq
 
     kind = t.tensor_type.name
     raw = np.asarray(t.data)
+    if float32:
+        stats.kept_float += 1
+        stats.add(kind, None, None, True, 0.0)
+        return {"weight": gq.dequantize(raw, t.tensor_type).astype(np.float32).reshape(shape)}, None
     if len(shape) < 2 or kind in _FLOATS:  # vectors (norms, biases) and float matrices stay float
         dense = _float(t, kind).reshape(shape)
         stats.kept_float += 1
