@@ -172,8 +172,10 @@ def llama3_rope_scaling(factors: np.ndarray, base: float, dims: int, context: in
     checked against every factor. None when the factors are all 1 (no scaling).
     """
     f = factors.astype(np.float64)
+    refuse = ModelError(f"GGUF rope_freqs ({f.size} factors) do not follow Llama 3's rope scaling; "
+                        "the MLX import cannot express them")
     if f.shape != (dims // 2,) or not np.all(np.isfinite(f)) or f.min() <= 0:
-        raise ModelError(f"GGUF rope_freqs has {f.size} factors, expected {dims // 2} positive numbers")
+        raise refuse
     factor = float(f.max())
     if abs(factor - 1) < 1e-6:
         return None
@@ -196,7 +198,7 @@ def llama3_rope_scaling(factors: np.ndarray, base: float, dims: int, context: in
                "high_freq_factor": float(b * context), "original_max_position_embeddings": context}
     got = llama3_factors(scaling, base, dims)
     if not np.allclose(got, f, rtol=1e-4, atol=1e-6):
-        raise ModelError("GGUF rope_freqs do not follow Llama 3's rope scaling; the MLX import cannot express them")
+        raise refuse
     return scaling
 
 

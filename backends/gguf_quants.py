@@ -16,12 +16,14 @@ cannot always hold; ``scale_dtype`` picks float16 (MLX's usual, rounding the sca
 most 2**-11 relative) or float32 (exact, at 8 instead of 4 bytes of scale+bias per group).
 
 Near-exact where it cannot (sub-blocks of 16 weights, each with its own scale, two to an
-MLX group of 32): the file's weights are dequantized and re-quantized per group of 32 with
-the narrowest width whose rounding stays within 1/8 of the GGUF type's own step:
+MLX group of 32): the file's weights are dequantized and re-quantized per group of 32
+(min-max, so |error| <= the group's range / (2 * (2**bits - 1))) with the narrowest width
+that keeps every error within 0.13 of the GGUF type's own quantization step:
 
-    Q6_K  6-bit values in [-32, 31]   8-bit g32   |err| <= range/510  (<= 0.124 step of the coarser sub-block)
-    Q3_K  3-bit values in [-4, 3]     5-bit g32   |err| <= range/62   (<= 0.113 step)
-    Q2_K  2-bit values + a min        5-bit g32   |err| <= range/62   (two mins: measured, not bounded in steps)
+    Q6_K  values d*sc*q, q in [-32, 31]     8-bit g32   <= 64/510 = 0.126 step (a group spans <= 64 steps)
+    Q3_K  values d*sc*q, q in [-4, 3]       5-bit g32   <= 8/62   = 0.129 step (<= 8 steps)
+    Q2_K  values d*sc*q - dmin*m, q 0..3    5-bit g32   two minimums, no bound by construction:
+                                                        measured 0.086 step on llama.cpp's blocks (4-bit: 0.16)
 
 Any other type gguf.quants can read (IQ*, ...) is dequantized and requantized to the
 caller's bits/group size. Every result carries its measured max abs error against

@@ -39,8 +39,9 @@ def byte_tokens() -> list[str]:
 
 
 def write_arch_gguf(out: Path, arch: str, *, dim: int = 256, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                    head_dim: int = 64, ffn: int = 512, experts: int = 4, used: int = 2, seed: int = 0) -> Path:
-    """Write the tiny ``arch`` model (F16 matrices, F32 vectors) to ``out``."""
+                    head_dim: int = 64, ffn: int = 512, experts: int = 4, used: int = 2, seed: int = 0,
+                    matrix_type=np.float16) -> Path:
+    """Write the tiny ``arch`` model (F16 or F32 matrices, F32 vectors) to ``out``."""
     import gguf
 
     from mlxgen.backends.gguf_arch import llama3_factors
@@ -88,7 +89,7 @@ def write_arch_gguf(out: Path, arch: str, *, dim: int = 256, layers: int = 2, he
 
     def mat(name: str, rows: int, cols: int, scale: float = 1.0, lead: tuple = ()) -> None:
         data = rng.standard_normal(lead + (rows, cols)) * (scale / math.sqrt(cols))
-        w.add_tensor(name, data.astype(np.float16))
+        w.add_tensor(name, data.astype(matrix_type))
 
     def vec(name: str, n: int, around: float = 1.0, spread: float = 0.2) -> None:
         w.add_tensor(name, (around + spread * rng.standard_normal(n)).astype(np.float32))
