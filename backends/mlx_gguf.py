@@ -191,10 +191,11 @@ def _convert_tensor(t, shape: tuple, bits: int, group_size: int, scale_dtype, st
     else:
         dense = gq.dequantize(raw, t.tensor_type).reshape(rows, cols)
         g = 32 if kind in gq_layout.NEAR else next((g for g in (group_size, 32) if cols % g == 0), None)
-        if g is None:  # no MLX group fits the row: keep it float
+        if g is None:  # no MLX group fits the row: keep it float16
             stats.kept_float += 1
-            stats.add(kind, None, None, False, 0.0)
-            return {"weight": dense.astype(np.float16).reshape(shape)}, None
+            half = dense.astype(np.float16)
+            stats.add(kind, None, None, False, float(np.abs(half.astype(np.float32) - dense).max()))
+            return {"weight": half.reshape(shape)}, None
         groups = gq_layout.requantize(dense, gq_layout.NEAR.get(kind, bits), g, scale_dtype or np.float16)
         stats.requantized += 1
     err = gq_layout.max_abs_error(groups, raw, kind, rows, cols)
