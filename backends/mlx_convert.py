@@ -32,7 +32,7 @@ from mlxgen.errors import ModelError
 
 CACHE_VERSION = "v1"
 MANIFEST = "mlxgen-manifest.json"
-GGUF_RECIPE = 2  # bump when the GGUF import writes different weights or config for the same file (2: mlxgen_import)
+GGUF_RECIPE = 3  # bump when the GGUF import writes different weights or config for the same file (2: mlxgen_import, 3: exact K-quants, per-type report)
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]
 
 

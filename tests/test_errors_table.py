@@ -397,6 +397,12 @@ def _triggers():
     T["mlx-gguf-head-dim"] = lambda w, mp: mlx_import_error(w, "m8.gguf", meta={"{a}.attention.key_length": 3})
     T["mlx-gguf-rope-scaling"] = lambda w, mp: mlx_import_error(w, "m9.gguf", meta={"{a}.rope.scaling.type": "yarn"})
     T["mlx-gguf-rope-freqs"] = lambda w, mp: mlx_import_error(w, "m10.gguf", extra_tensors={"rope_freqs.weight": (2,)})
+    T["mlx-gguf-swa-pattern"] = lambda w, mp: mlx_import_error(w, "m16.gguf", arch="gemma3", meta={
+        "{a}.attention.sliding_window": 4, "{a}.attention.sliding_window_pattern": [1, 0]})
+    T["mlx-gguf-longrope"] = lambda w, mp: mlx_import_error(w, "m17.gguf", arch="phi3",
+                                                            extra_tensors={"rope_factors_long.weight": (2,)})
+    T["mlx-gguf-experts"] = lambda w, mp: mlx_import_error(w, "m18.gguf", arch="qwen3moe")
+    T["mlx-gguf-no-place"] = lambda w, mp: mlx_import_error(w, "m19.gguf", extra_tensors={"blk.0.attn_output.bias": (H,)})
     T["mlx-gguf-layer"] = lambda w, mp: mlx_import_error(w, "m11.gguf", extra_tensors={"blk.5.attn_norm.weight": (H,)})
     T["mlx-gguf-shape"] = lambda w, mp: mlx_import_error(w, "m12.gguf", extra_tensors={"blk.0.attn_norm.weight": (3,)})
     T["mlx-gguf-tensor-missing"] = lambda w, mp: mlx_import_error(w, "m13.gguf", drop_tensors=("blk.0.ffn_up.weight",))
