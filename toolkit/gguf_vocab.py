@@ -22,12 +22,11 @@ cached as a tokenizer.json keyed by the file's identity.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxgen.cache import atomic_dir, cache_root
+from mlxgen.cache import atomic_dir, cache_root, fingerprint
 from mlxgen.errors import ModelError
 
 # llama.cpp's pre-tokenizer regexes (llama-vocab.cpp), per tokenizer.ggml.pre.
@@ -393,11 +392,11 @@ def _text_or_none(reader, key: str) -> str | None:
 
 
 def _cache_dir(path: Path) -> Path:
+    """The entry for this file's content (``cache.fingerprint``): the same GGUF in two venvs is one entry."""
     try:
-        st = path.stat()
+        key = fingerprint(path)
     except FileNotFoundError:
         raise ModelError(f"{path}: model file does not exist") from None
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
     return cache_root() / "gguf-vocab" / CACHE_VERSION / key
 
 
