@@ -27,7 +27,7 @@ import numpy as np
 
 from mlxgen.backends import gguf_arch
 from mlxgen.backends import gguf_quants as gq_layout
-from mlxgen.errors import ModelError
+from mlxgen.errors import ModelError, first_line
 
 SUPPORTED_ARCHS = gguf_arch.SUPPORTED_ARCHS
 _LOSSLESS = gq_layout.EXACT  # types whose blocks MLX holds as they are
@@ -93,20 +93,10 @@ def import_gguf(
     GGUF numbers as a reference model (parity measurements), not for use.
     """
     import mlx.core as mx
-    from gguf import GGUFReader
-
-    from mlxgen.gguf_check import GGUFFormatError, check
+    from mlxgen.gguf_check import open_reader
 
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
-        check(path)  # bounds-checked structure first: GGUFReader trusts every count it reads
-        reader = GGUFReader(str(path))
-    except GGUFFormatError as e:
-        raise ModelError(f"{path}: not a readable GGUF file ({e.problem})") from None
-    except ModelError:
-        raise
-    except Exception as e:  # gguf raises ValueError / struct errors on a bad file
-        raise ModelError(f"{path}: not a readable GGUF file ({_first_line(e)})") from None
+    reader = open_reader(path)
     meta = _Meta(reader, path)
     arch_name = meta.get("general.architecture", "?")
     if not isinstance(arch_name, str) or arch_name not in SUPPORTED_ARCHS:
@@ -210,19 +200,16 @@ def _convert_tensor(t, shape: tuple, bits: int, group_size: int, scale_dtype, st
 
 
 class _Meta:
+    """The file's metadata, read with ``gguf_check.field_value`` (errors name the file)."""
+
     def __init__(self, reader, path: Path | None = None) -> None:
         self.reader = reader
         self.path = path
 
     def get(self, key: str, default=None):
-        field = self.reader.fields.get(key)
-        if field is None:
-            return default
-        try:
-            value = field.contents()
-        except (UnicodeDecodeError, ValueError, IndexError) as e:
-            raise ModelError(f"{self.path}: GGUF metadata {key} cannot be read ({_first_line(e)})") from None
-        return value if value is not None else default
+        from mlxgen.gguf_check import field_value
+
+        return field_value(self.reader, key, default, self.path)
 
 
 MAX_DIM = 1 << 20  # no real model has a hidden size, head count or vocabulary beyond this
@@ -431,7 +418,7 @@ def _write_tokenizer(path: Path, out: Path, context_length: int) -> None:
                 single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1", special_tokens=[(bos, tok.bos_id)]
             )
         except Exception as e:  # tokenizers raises a bare Exception, e.g. for a BOS token with a space
-            raise ModelError(f"{path}: BOS token {bos!r} cannot be added by a tokenizer.json ({_first_line(e)})") from None
+            raise ModelError(f"{path}: BOS token {bos!r} cannot be added by a tokenizer.json ({first_line(e)})") from None
     hf.save(str(out / "tokenizer.json"))
     tcfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -448,7 +435,3 @@ def _write_tokenizer(path: Path, out: Path, context_length: int) -> None:
         gen["bos_token_id"] = tok.bos_id
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

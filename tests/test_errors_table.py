@@ -365,7 +365,8 @@ def _triggers():
     # GGUF files
     T["gguf-missing"] = lambda w, mp: lib(gguf_check().check, w / "gone.gguf")
     T["gguf-not-regular"] = lambda w, mp: lib(gguf_check().check, w)
-    T["gguf-invalid"] = lambda w, mp: lib(gguf_check().check, write(w, "junk.gguf", b"not a model" * 100))
+    T["gguf-invalid"] = lambda w, mp: [lib(gguf_check().check, write(w, "junk.gguf", b"not a model" * 100)),
+                                       mlx_import_junk(w)]  # the MLX import reads GGUFs the same way
     T["gguf-unreadable"] = lambda w, mp: unreadable_gguf(w, mp)
     T["llamacpp-load"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1", "-c", write(
         w, "noeos.yaml", "tokenizer:\n  eos_token: []\n"), "--model", str(gguf_file(w, "arch.gguf", arch="nosucharch")))
@@ -383,15 +384,12 @@ def _triggers():
         gguf_file(w, "v10.gguf", meta={"tokenizer.ggml.tokens": byte_tokens() + ["QQQQQQQQ"]}), b"QQQQQQQQ"))
     T["gguf-tokenizer-build"] = lambda w, mp: vocab_error(w, "v11.gguf", meta={"tokenizer.ggml.merges": ["zz qq"]})
     # MLX
-    T["mlx-gguf-unreadable"] = lambda w, mp: mlx_import_junk(w)
     T["mlx-gguf-arch"] = lambda w, mp: mlx_import_error(w, "m1.gguf", arch="gpt2")
     T["mlx-gguf-type"] = lambda w, mp: mlx_bad_type(w, mp)
     T["mlx-gguf-meta-missing"] = lambda w, mp: mlx_import_error(w, "m2.gguf", meta={"{a}.embedding_length": None})
     T["mlx-gguf-meta-int"] = lambda w, mp: mlx_import_error(w, "m3.gguf", meta={"{a}.block_count": 0})
     T["mlx-gguf-meta-number"] = lambda w, mp: mlx_import_error(
         w, "m4.gguf", meta={"{a}.attention.layer_norm_rms_epsilon": -1.0})
-    T["mlx-gguf-meta-read"] = lambda w, mp: mlx_import_error(w, "m5.gguf", patch=b"QQQQQQQQ",
-                                                             meta={"{a}.rope.scaling.type": ["QQQQQQQQ"]})
     T["mlx-gguf-heads"] = lambda w, mp: mlx_import_error(w, "m6.gguf", meta={"{a}.attention.head_count_kv": 3})
     T["mlx-gguf-no-embd"] = lambda w, mp: mlx_import_error(w, "m7.gguf", drop_tensors=("token_embd.weight",))
     T["mlx-gguf-head-dim"] = lambda w, mp: mlx_import_error(w, "m8.gguf", meta={"{a}.attention.key_length": 3})

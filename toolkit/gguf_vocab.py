@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxgen.cache import atomic_dir, cache_root, fingerprint
-from mlxgen.errors import ModelError
+from mlxgen.gguf_check import field_value, open_reader
+from mlxgen.errors import ModelError, first_line
 
 # llama.cpp's pre-tokenizer regexes (llama-vocab.cpp), per tokenizer.ggml.pre.
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -120,36 +121,6 @@ def read(path: str | Path, reader=None) -> GGUFVocab:
     vocab = build(reader if reader is not None else open_reader(path), path)
     _store(cached, vocab)
     return vocab
-
-
-def open_reader(path: Path):
-    """``gguf.GGUFReader`` on a file ``mlxgen.gguf_check`` has checked first (it trusts every count)."""
-    import gguf
-
-    from mlxgen.gguf_check import check
-
-    check(path)
-    try:
-        return gguf.GGUFReader(str(path))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model file does not exist") from None
-    except Exception as e:  # anything the structural check does not cover
-        raise ModelError(f"{path}: not a valid GGUF file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-
-
-def field_value(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    try:
-        return f.contents()
-    except (UnicodeDecodeError, ValueError, IndexError) as e:
-        raise ModelError(f"GGUF metadata {key} cannot be read ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def build(reader, path: str | Path | None = None) -> GGUFVocab:
@@ -287,7 +258,7 @@ def _bpe_model(reader, tokens: list[str], ignore_merges: bool, byte_fallback: bo
         return models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=ignore_merges,
                           byte_fallback=byte_fallback)
     except Exception as e:  # tokenizers raises a bare Exception (e.g. a merge of unknown tokens)
-        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({_first_line(e)})") from None
+        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({first_line(e)})") from None
 
 
 def _spm(reader, tokens: list[str], types: list[int], pre: str):
@@ -316,7 +287,7 @@ def _spm(reader, tokens: list[str], types: list[int], pre: str):
         bpe = models.BPE(vocab=vocab, merges=[(m[3], m[4]) for m in merges], unk_token=unk, fuse_unk=True,
                          byte_fallback=True)
     except Exception as e:
-        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({_first_line(e)})") from None
+        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({first_line(e)})") from None
     tok = Tokenizer(bpe)
     steps = [normalizers.Replace(" ", "\u2581")]
     if field_value(reader, "tokenizer.ggml.add_space_prefix", True):
@@ -338,7 +309,7 @@ def _wordpiece(reader, tokens: list[str], types: list[int], pre: str):
         wp = models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token=unk,
                               max_input_chars_per_word=1 << 30, continuing_subword_prefix="")
     except Exception as e:
-        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({_first_line(e)})") from None
+        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({first_line(e)})") from None
     tok = Tokenizer(wp)
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                 strip_accents=lowercase if strip is None else bool(strip),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
-from mlxgen.errors import ConfigError, ModelError
+from mlxgen.errors import ConfigError, ModelError, first_line
 
 Span = tuple[int, int]  # character offsets [start, end) in the encoded text
 
@@ -105,7 +105,7 @@ class HFTokenizer:
         try:
             hf = HF.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on bad files
-            raise ModelError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+            raise ModelError(f"{path}: not a readable tokenizer.json ({first_line(e)})") from None
         cfg = _read_json(path.with_name("tokenizer_config.json"))
         gen = _read_json(path.with_name("generation_config.json"))
         special = {k: _token_str(cfg.get(k)) for k in ("bos_token", "eos_token") if _token_str(cfg.get(k))}
