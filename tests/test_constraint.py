@@ -46,7 +46,7 @@ class ByteTokenizer:
     def special_ids(self) -> frozenset[int]:
         return frozenset({256, 257})
 
-    def encode(self, text: str, bos: bool = True) -> list[int]:
+    def encode(self, text: str, bos: bool = True, special: bool = True) -> list[int]:
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:

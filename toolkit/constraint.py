@@ -19,9 +19,7 @@ wherever the grammar allows them. Only this module imports llguidance.
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,81 +148,16 @@ def _one_line(text: str) -> str:
 
 def token_bytes(tokenizer: Any, n_vocab: int) -> tuple[list[bytes], list[int]]:
     """Every id's bytes up to ``n_vocab`` (the model's logits; ids past the tokenizer's are b""),
-    special tokens marked with a leading 0xFF (llguidance's convention: never text), and the special ids."""
-    special = sorted(_special_ids(tokenizer))
+    special tokens marked with a leading 0xFF (llguidance's convention: never text), and the special ids.
+
+    Read through the tokenizer interface (``token_bytes``, ``special_ids``), so llama.cpp's own
+    vocabulary and the rebuilt ``tokenizers`` one give llguidance the same bytes.
+    """
+    special = sorted(i for i in tokenizer.special_ids() if i < n_vocab)
     marked = set(special)
-    n_tok = tokenizer.vocab_size
-    out = []
-    for i in range(n_vocab):
-        if i >= n_tok:
-            out.append(b"")
-            continue
-        data = _one_token_bytes(tokenizer, i)
-        out.append(b"\xff" + data if i in marked else data)
-    return out, special
-
-
-def _special_ids(tokenizer: Any) -> frozenset[int]:
-    if hasattr(tokenizer, "special_ids"):
-        return frozenset(tokenizer.special_ids())
-    hf = getattr(tokenizer, "hf", None)
-    try:
-        return frozenset(i for i, t in hf.get_added_tokens_decoder().items() if t.special)
-    except AttributeError:
-        return frozenset()
-
-
-def _one_token_bytes(tokenizer: Any, token: int) -> bytes:
-    if hasattr(tokenizer, "token_bytes"):
-        return tokenizer.token_bytes(token)
-    return _hf_piece_bytes(tokenizer.hf, token)
-
-
-def _hf_piece_bytes(hf: Any, token: int) -> bytes:
-    """A ``tokenizers`` entry's bytes: GPT-2 byte-level, SentencePiece (``▁``, ``<0xNN>``), or as written."""
-    piece = hf.id_to_token(token) or ""
-    if token in _added(hf):
-        return piece.encode("utf-8")
-    m = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
-    if m:
-        return bytes([int(m.group(1), 16)])
-    table = _byte_decoder()
-    if _byte_level(hf) and all(c in table for c in piece):
-        return bytes(table[c] for c in piece)
-    return piece.replace("\u2581", " ").encode("utf-8")
-
-
-_CACHE: dict = {}
-
-
-def _added(hf: Any) -> frozenset[int]:
-    key = ("added", id(hf))
-    if key not in _CACHE:
-        try:
-            _CACHE[key] = frozenset(hf.get_added_tokens_decoder())
-        except AttributeError:
-            _CACHE[key] = frozenset()
-    return _CACHE[key]
-
-
-def _byte_level(hf: Any) -> bool:
-    key = ("bytelevel", id(hf))
-    if key not in _CACHE:
-        _CACHE[key] = "ByteLevel" in json.dumps(json.loads(hf.to_str()).get("decoder"))
-    return _CACHE[key]
-
-
-@functools.lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: piece character -> byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    chars, n = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
+    n_tok = min(tokenizer.vocab_size, n_vocab)
+    out = [b"\xff" + tokenizer.token_bytes(i) if i in marked else tokenizer.token_bytes(i) for i in range(n_tok)]
+    return out + [b""] * (n_vocab - n_tok), special
 
 
 class _Wrapped:
@@ -239,7 +172,7 @@ class _Wrapped:
     def __call__(self, text: str) -> list[int]:
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
-        return self._tok.encode(text, bos=False)
+        return self._tok.encode(text, bos=False, special=False)
 
 
 # ------------------------------------------------------------------ bound to a model
