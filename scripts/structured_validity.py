@@ -161,9 +161,10 @@ def summarize(records: list[dict], names: list[str]) -> dict:
             fin = [r for r in rs if r["reason"] == "eos"]
             by_kind[kind] = {"runs": len(rs), "finished": len(fin), "valid": sum(r["valid"] for r in fin),
                              "cut_by_length": sum(r["reason"] == "length" for r in rs),
-                             "cut_claimed_complete": sum(r["reason"] == "length" and r["complete"] for r in rs)}
+                             "cut_but_a_full_match": sum(r["reason"] == "length" and r["complete"] and r["valid"]
+                                                         for r in rs)}
         bad += sum(1 for r in mine if r["reason"] == "eos" and not r["valid"])
-        claimed += sum(1 for r in mine if r["complete"] and not r["valid"] and r["reason"] == "eos")
+        claimed += sum(1 for r in mine if r["complete"] and not r["valid"])  # any stop reason
         out["per_backend"][name] = by_kind
         out["per_backend"][name]["invalid_examples"] = [
             (r["case"], r["why"], r["text"][:120]) for r in mine if r["reason"] == "eos" and not r["valid"]][:5]
