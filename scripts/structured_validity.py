@@ -56,12 +56,15 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--free-tokens", type=int, default=48, help="unconstrained greedy tokens to compare backends")
     ap.add_argument("--limit", type=int, default=None, help="only the first N schemas (and N others)")
+    ap.add_argument("--start", type=int, default=0, help="skip the first N cases (split a slow backend over processes)")
     ap.add_argument("--out", default="structured_validity.jsonl")
     ap.add_argument("--summarize", nargs="+", metavar="JSONL", help="only summarize earlier runs' files "
                     "(e.g. one per backend, run in parallel)")
     args = ap.parse_args()
     if args.summarize:
         records = [json.loads(line) for path in args.summarize for line in open(path, encoding="utf-8")]
+        once = {(r["backend"], r["case"], r["mode"], r["seed"]): r for r in records}  # split runs may overlap
+        records = list(once.values())
         names = list(dict.fromkeys(r["backend"] for r in records))
         summary = summarize(records, names)
         print(json.dumps(summary, indent=1))
@@ -97,6 +100,7 @@ def run_backend(name: str, facts, args, out) -> list[dict]:
     sess = open_session(cfg, hardware.detect(facts, name))
     cases = [(n, p, "json_schema", json.dumps(sc), sc) for n, p, sc in SCHEMAS[: args.limit]]
     cases += [(n, p, k, v, rx) for n, p, k, v, rx in OTHERS[: args.limit]]
+    cases = cases[args.start:]
     records: list[dict] = []
 
     def keep(r: dict) -> None:  # written as it comes: a long run interrupted keeps what finished
@@ -174,11 +178,12 @@ def summarize(records: list[dict], names: list[str]) -> dict:
         a, b = names
         pick = lambda n, mode: {r["case"]: r["tokens"] for r in records if r["backend"] == n and r["mode"] == mode}
         free_a, free_b, con_a, con_b = pick(a, "free"), pick(b, "free"), pick(a, "greedy"), pick(b, "greedy")
-        agree = [c for c in free_a if free_a[c] == free_b.get(c)]
+        both = [c for c in free_a if c in free_b and c in con_a and c in con_b]
+        agree = [c for c in both if free_a[c] == free_b[c]]
         out["cross_backend"] = {
-            "cases": len(free_a), "unconstrained_agree": len(agree),
+            "cases": len(both), "unconstrained_agree": len(agree),
             "constrained_identical_where_unconstrained_agree": sum(con_a[c] == con_b.get(c) for c in agree),
-            "constrained_identical_all": sum(con_a[c] == con_b.get(c) for c in con_a),
+            "constrained_identical_all": sum(con_a[c] == con_b[c] for c in both),
             "differ": [c for c in agree if con_a[c] != con_b.get(c)],
         }
     return out
