@@ -145,6 +145,13 @@ def config_options(f):
                      config_key="llm.n_ctx"),
         click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
+        click.option("--draft-model", "draft", metavar="SOURCE",
+                     help="Speculative decoding with this draft model (same vocabulary, same backend; a source as --model)."),
+        click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4)."),
+        click.option("--lookup", type=int, metavar="N",
+                     help="Speculative decoding by prompt lookup: propose up to N tokens copied from the prompt and output."),
+        click.option("--adaptive-draft", is_flag=True, default=None,
+                     help="Grow the draft length while every draft is accepted, shrink it on a miss."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -171,6 +178,10 @@ def _overrides() -> dict[str, str]:
         "n_ctx": "llm.n_ctx",
         "n_threads": "llm.n_threads",
         "n_gpu_layers": "llm.n_gpu_layers",
+        "draft": "inference.draft",
+        "draft_tokens": "inference.draft_tokens",
+        "lookup": "inference.lookup",
+        "adaptive_draft": "inference.adaptive_draft",
     }
 
 
@@ -198,29 +209,10 @@ def resolve_config(options: dict[str, Any]):
 
 
 def model_source(value: str) -> dict[str, Any]:
-    """``--model``: the config keys for a GGUF file, a backend's own kind of source, or a Hub GGUF.
+    """``--model``'s config keys (``mlxgen.sources.model_source``; ``--draft-model`` takes the same)."""
+    from mlxgen.sources import model_source as keys
 
-    A registered backend may claim the value first (MLX: a model folder, or ``OWNER/REPO``
-    on the Hub, converted once). Otherwise ``OWNER/REPO/FILE.gguf`` that is not a local
-    path is a GGUF on the Hub, and anything else a GGUF path. Whatever source the config
-    named is replaced.
-    """
-    import re
-    from pathlib import Path
-
-    from mlxgen.backends import REGISTRY
-
-    keys: dict[str, Any] = {"llm.path": None, "llm.package": None, "llm.repo": None, "llm.mlx.repo": None,
-                            "llm.mlx.path": None}
-    for info in REGISTRY.values():
-        claimed = info.claim_source(value) if info.claim_source else None
-        if claimed:
-            what, found = claimed
-            return {**keys, **found, "backend": info.name, "what": what}
-    hub = re.fullmatch(r"([\w.-]+/[\w.-]+)/(.+\.gguf)", value)
-    if hub and not Path(value).expanduser().exists() and not value.startswith((".", "~")):
-        return {**keys, "llm.repo": hub[1], "llm.file": hub[2]}
-    return {**keys, "llm.path": value}
+    return keys(value)
 
 
 # ------------------------------------------------------------------------ run

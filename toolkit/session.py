@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from mlxgen import backends, chat, hardware, sources
 from mlxgen.backends.base import Backend, Pipelined
@@ -50,6 +50,7 @@ class Session:
     template: chat.PromptSpec
     load_s: float
     processors: tuple[Processor, ...] = ()  # logits processors every run of this session applies
+    speculation: Any = None  # mlxgen.speculative.Speculation: a drafter (--draft-model, --lookup), else None
     cache: PromptCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,11 +83,13 @@ class Session:
         sample=None,
         processors: Sequence[Processor] = (),
         stop: Sequence[str] | None = None,
+        speculate: bool = True,
     ) -> Iterator[Event]:
         """Generate after ``ids``; the backend's cache already holds ``ids[:cached]``.
 
         ``sample``: a sampler to use instead of one built from the config (and ``processors``).
         ``stop``: stop strings for this call instead of the config's.
+        ``speculate``: False runs plain decoding even when the session has a drafter (bench).
         """
         sample = sample or self.sampler(processors=processors)
         return generate(
@@ -98,6 +101,7 @@ class Session:
             eos_ids=() if ignore_eos else self.eos_ids,
             stop=self.cfg.inference.stop if stop is None else tuple(stop),
             cached=cached,
+            speculation=self.speculation if speculate else None,
         )
 
     def complete(self, ids: list[int], **kw) -> Iterator[Event]:
@@ -122,6 +126,8 @@ class Session:
     def warnings(self) -> list[str]:
         """Settings that do nothing here, and a requested backend that runs worse than another."""
         out = [self.choice.warning] if self.choice.warning else []
+        if self.speculation is not None and self.speculation.warning:
+            out.append(self.speculation.warning)
         spec, inf = self.template, self.cfg.inference
         if inf.thinking is not None and (spec.template is None or (
                 "enable_thinking" not in spec.template and not spec.think_token)):
@@ -133,6 +139,8 @@ class Session:
         return out
 
     def close(self) -> None:
+        if self.speculation is not None:
+            self.speculation.close()
         self.backend.close()
 
 
@@ -143,8 +151,27 @@ def open_session(cfg: Config, choice: hardware.Choice) -> Session:
     tokenizer = info.open_tokenizer(cfg, weights)
     eos_ids = tokenizer.resolve_eos(cfg.tokenizer.eos_token)  # fails before the model loads
     backend = module.load(weights, cfg, choice)
+    try:
+        speculation = open_speculation(cfg, choice, backend, tokenizer)
+    except BaseException:
+        backend.close()
+        raise
     load_s = time.perf_counter() - t0
-    return Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s)
+    return Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s,
+                   speculation=speculation)
+
+
+def open_speculation(cfg: Config, choice: hardware.Choice, backend: Backend, tokenizer: Tokenizer):
+    """The drafter ``inference.draft`` / ``inference.lookup`` ask for, or None."""
+    inf = cfg.inference
+    if not inf.draft and not inf.lookup:
+        return None
+    from mlxgen import speculative
+
+    speculative.check(backend)
+    if inf.lookup:
+        return speculative.Speculation(speculative.Lookup(), inf.lookup, inf.adaptive_draft)
+    return speculative.open_draft_model(cfg, choice, backend, tokenizer)
 
 
 def prompt_spec(cfg: Config, tokenizer: Tokenizer) -> chat.PromptSpec:
