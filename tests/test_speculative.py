@@ -176,3 +176,12 @@ def test_a_wrong_acceptance_rule_fails_the_chi_square(monkeypatch):
     expected = exact_distribution(target, prompt, p)
     counts = empirical(target, prompt, p, lambda: draft_for(target, mix=0.5, seed=7), 20_000, 11)
     assert chi_square(counts, expected, 20_000)[2] < 1e-6
+
+
+def test_options_reach_the_session_config():
+    from mlxgen.cli import resolve_config
+
+    cfg = resolve_config({"lookup": 5, "adaptive_draft": True})
+    assert cfg.inference.lookup == 5 and cfg.inference.adaptive_draft and cfg.inference.draft is None
+    cfg = resolve_config({"draft": "d.gguf", "draft_tokens": 6})
+    assert cfg.inference.draft == "d.gguf" and cfg.inference.draft_tokens == 6

@@ -121,3 +121,34 @@ def test_greedy_speculation_is_token_identical(name, request):
     finally:
         draft.close()
         target.close()
+
+
+def _cli(*args: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mlxgen", "run", "--backend", "llama.cpp", "-t", "1", "--temp", "0",
+                           "--json", *args], capture_output=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return json.loads(proc.stdout), proc.stderr.decode()
+
+
+def test_cli_speculation_reports_its_counts_and_keeps_the_output(f16, tmp_path):
+    pytest.importorskip("llama_cpp")
+    prompt = "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
+    plain, _ = _cli("--model", str(f16), "-n", "40", prompt)
+    assert "drafted_tokens" not in plain["stats"] and "from_draft" not in plain
+    trace = tmp_path / "t.json"
+    for extra in (["--lookup", "5"], ["--draft-model", str(SMOL), "--draft-tokens", "3"]):
+        spec, err = _cli("--model", str(f16), "-n", "40", *extra, "--trace", str(trace), prompt)
+        assert spec["tokens"] == plain["tokens"]
+        s = spec["stats"]
+        assert s["drafted_tokens"] > 0 and 0 < s["accepted_tokens"] <= s["drafted_tokens"]
+        assert s["acceptance"] == pytest.approx(s["accepted_tokens"] / s["drafted_tokens"])
+        assert len(spec["from_draft"]) == len(spec["tokens"]) and sum(spec["from_draft"]) <= s["accepted_tokens"]
+        generated = __import__("json").loads(trace.read_text())["generated"]
+        assert all("draft" in g for g in generated)
+    _, err = _cli("--model", str(SMOL), "-n", "4", "--draft-model", str(f16), prompt)
+    assert "mlxgen: warning: --draft-model" in err and "not smaller than the model" in err
