@@ -57,13 +57,13 @@ def open_target(backend: str, path: Path, threads: int, n_ctx: int):
     return session.open_session(cfg, session.plan(cfg).choice)
 
 
-def draft_speculation(sess, source: Path, k: int):
+def draft_speculation(sess, source: Path, k: int, adaptive: bool):
     import dataclasses
 
     from mlxgen import speculative
 
     cfg = dataclasses.replace(sess.cfg, inference=dataclasses.replace(sess.cfg.inference, draft=str(source),
-                                                                      draft_tokens=k))
+                                                                      draft_tokens=k, adaptive_draft=adaptive))
     return speculative.open_draft_model(cfg, sess.choice, sess.backend, sess.tokenizer)
 
 
@@ -96,11 +96,14 @@ def bench_backend(name: str, args, f16: Path, q4: Path) -> list[dict]:
     small = open_target(name, q4, args.threads, 2048)
     modes = {
         "f16 plain": (target, None),
-        "f16 lookup": (target, Speculation(Lookup(), args.lookup)),
-        "f16 draft": (target, draft_speculation(target, q4, args.draft_tokens)),
+        "f16 lookup": (target, Speculation(Lookup(min_ngram=args.ngram_min), args.lookup, args.adaptive)),
+        "f16 draft": (target, draft_speculation(target, q4, args.draft_tokens, args.adaptive)),
         "q4 plain": (small, None),
-        "q4 lookup": (small, Speculation(Lookup(), args.lookup)),
+        "q4 lookup": (small, Speculation(Lookup(min_ngram=args.ngram_min), args.lookup, args.adaptive)),
     }
+    if args.modes != "all":
+        keep = set(args.modes.split(",")) | {"f16 plain", "q4 plain"} & {m.split()[0] + " plain" for m in args.modes.split(",")}
+        modes = {m: v for m, v in modes.items() if m in keep}
     rows = []
     try:
         for pname in args.prompts:
@@ -148,6 +151,9 @@ def main() -> None:
     ap.add_argument("--draft-tokens", type=int, default=4)
     ap.add_argument("--lookup", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ngram-min", type=int, default=1, help="lookup: the shortest n-gram that may match")
+    ap.add_argument("--adaptive", action="store_true", help="adaptive draft length")
+    ap.add_argument("--modes", default="all", help="comma-separated subset of: f16 plain, f16 lookup, ...")
     ap.add_argument("--json", dest="out")
     args = ap.parse_args()
     args.prompts = list(PROMPTS) if args.prompts == "all" else args.prompts.split(",")

@@ -94,7 +94,8 @@ def test_a_backend_without_verify_refuses_in_one_line():
 def test_lookup_proposes_what_followed_the_latest_match():
     assert Lookup().propose([7, 8, 9, 1, 7, 8, 9, 2, 5, 7, 8, 9], 2) == ([2, 5], None)
     assert Lookup().propose([1, 2, 3], 4) == ([], None)
-    assert Lookup().propose([4, 1, 2, 4], 3) == ([1, 2, 4], None)
+    assert Lookup().propose([4, 1, 2, 4], 3) == ([], None)  # no bigram matches
+    assert Lookup(min_ngram=1).propose([4, 1, 2, 4], 3) == ([1, 2, 4], None)
 
 
 # ------------------------------------------------------------------ sampling is exact
@@ -151,7 +152,7 @@ def test_speculative_sampling_matches_plain_sampling(kind, setting):
             return draft_for(target, mix=0.5, seed=7)
     else:
         def drafter_fn():
-            return Lookup(max_ngram=1)
+            return Lookup(max_ngram=1, min_ngram=1)
         prompt = [2, 3, 1, 2, 3, 5, 2]  # lookup has matches to propose
         expected = exact_distribution(target, prompt, p)
     runs = 20_000
