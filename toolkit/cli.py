@@ -452,6 +452,10 @@ def doctor(**options: Any) -> None:
 @click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
+@click.option("--draft-model", "draft", metavar="SOURCE", help="Also run speculative decoding with this draft model.")
+@click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")
+@click.option("--lookup", type=int, metavar="N", help="Also run speculative decoding by prompt lookup (N tokens per step).")
+@click.option("--adaptive-draft", is_flag=True, default=None, help="Adaptive draft length.")
 def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
           output: str, plot: str | None, **options: Any) -> None:
     """llama-bench style pp/tg tests on one seeded token trace; table on stdout, progress on stderr.
@@ -460,6 +464,7 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     mlxgen bench                                  pp512 + tg128 on the detected backend
     mlxgen bench --backend all --vs-native        every backend, each against its own library's loop
     mlxgen bench -p 128,512 -n 64 -d 0,2048 -o csv
+    mlxgen bench --model target.gguf --draft-model draft.gguf   speculative vs plain, interleaved
     """
     from mlxgen import bench as benchmod
     from mlxgen import bench_output

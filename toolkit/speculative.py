@@ -65,6 +65,8 @@ class Speculation:
     drafter: Drafter
     tokens: int
     adaptive: bool = False
+    drafted: int = 0  # over every run with this drafter (bench reads the difference around a run)
+    accepted: int = 0
 
     @property
     def warning(self) -> str | None:
@@ -266,10 +268,12 @@ def speculative_stream(
             rows = backend.verify([history[-1], *drafts]) if drafts else [backend.step(history[-1])]
             stats.rounds += 1
             stats.drafted += len(drafts)
+            spec.drafted += len(drafts)
             kept = 0
             for j, tid, drafted in _decide(sample, history, rows, drafts, q, backend.vocab_size):
                 kept += drafted
                 stats.accepted += drafted
+                spec.accepted += drafted
                 history.append(tid)
                 stats.from_draft.append(drafted)
                 yield tid
