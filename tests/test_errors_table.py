@@ -430,8 +430,7 @@ def _triggers():
     # speculative decoding
     T["spec-no-verify"] = lambda w, mp: spec_no_verify()
     T["spec-rollback"] = lambda w, mp: spec_rollback(mp)
-    T["spec-draft-vocab-size"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1",
-                                                   "--draft-model", str(gguf_file(w, "draft.gguf")))
+    T["spec-draft-vocab-size"] = lambda w, mp: spec_vocab_size()
     T["spec-draft-vocab"] = lambda w, mp: spec_vocab_pieces()
     T["spec-draft-backend"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1",
                                                 "--draft-model", str(mlx_folder(w)))
@@ -681,11 +680,18 @@ def spec_rollback(mp) -> str:
     return lib(backend.verify, [1, 2])
 
 
+def spec_vocab_size() -> str:
+    from mlxgen.speculative import check_vocabulary
+
+    target = SimpleNamespace(vocab_size=49152, token_bytes=lambda i: b"x")
+    return lib(check_vocabulary, target, SimpleNamespace(vocab_size=257, token_bytes=lambda i: b"x"), "draft.gguf")
+
+
 def spec_vocab_pieces() -> str:
     from mlxgen.speculative import check_vocabulary
 
-    target = SimpleNamespace(vocab_size=3, piece=["a", "b", "c"].__getitem__)
-    draft = SimpleNamespace(vocab_size=3, piece=["a", "x", "c"].__getitem__)
+    target = SimpleNamespace(vocab_size=3, token_bytes=[b"a", b"b", b"c"].__getitem__)
+    draft = SimpleNamespace(vocab_size=3, token_bytes=[b"a", b"x", b"c"].__getitem__)
     return lib(check_vocabulary, target, draft, "draft.gguf")
 
 

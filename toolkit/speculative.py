@@ -213,9 +213,10 @@ def check_vocabulary(target_tok, draft_tok, source: str) -> None:
         raise ModelError(f"--draft-model {source}: its tokenizer has {draft_tok.vocab_size} tokens and the model's "
                          f"{target_tok.vocab_size}; a draft must share the model's vocabulary")
     for i in range(n):
-        if target_tok.piece(i) != draft_tok.piece(i):
-            raise ModelError(f"--draft-model {source}: token {i} is {target_tok.piece(i)!r} there and "
-                             f"{draft_tok.piece(i)!r} in the model; a draft must share the model's vocabulary")
+        ours, theirs = target_tok.token_bytes(i), draft_tok.token_bytes(i)
+        if ours != theirs:
+            raise ModelError(f"--draft-model {source}: token {i} is {theirs!r} there and {ours!r} in the model; "
+                             "a draft must share the model's vocabulary")
 
 
 def larger_warning(source: str, draft: Backend, target: Backend) -> str | None:
