@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--draft-tokens", type=int, default=4)
     ap.add_argument("--lookup", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ngram-min", type=int, default=1, help="lookup: the shortest n-gram that may match")
+    ap.add_argument("--ngram-min", type=int, default=2, help="lookup: the shortest n-gram that may match")
     ap.add_argument("--adaptive", action="store_true", help="adaptive draft length")
     ap.add_argument("--modes", default="all", help="comma-separated subset of: f16 plain, f16 lookup, ...")
     ap.add_argument("--json", dest="out")
