@@ -145,6 +145,13 @@ def config_options(f):
                      config_key="llm.n_ctx"),
         click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
+        click.option("--draft-model", "draft", metavar="SOURCE",
+                     help="Speculative decoding with this draft model (same vocabulary, same backend; a source as --model)."),
+        click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4)."),
+        click.option("--lookup", type=int, metavar="N",
+                     help="Speculative decoding by prompt lookup: propose up to N tokens copied from the prompt and output."),
+        click.option("--adaptive-draft", is_flag=True, default=None,
+                     help="Grow the draft length while every draft is accepted, shrink it on a miss."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -190,6 +197,10 @@ def _overrides() -> dict[str, str]:
         "n_ctx": "llm.n_ctx",
         "n_threads": "llm.n_threads",
         "n_gpu_layers": "llm.n_gpu_layers",
+        "draft": "inference.draft",
+        "draft_tokens": "inference.draft_tokens",
+        "lookup": "inference.lookup",
+        "adaptive_draft": "inference.adaptive_draft",
     }
 
 
@@ -242,29 +253,10 @@ def resolve_config(options: dict[str, Any]):
 
 
 def model_source(value: str) -> dict[str, Any]:
-    """``--model``: the config keys for a GGUF file, a backend's own kind of source, or a Hub GGUF.
+    """``--model``'s config keys (``mlxgen.sources.model_source``; ``--draft-model`` takes the same)."""
+    from mlxgen.sources import model_source as keys
 
-    A registered backend may claim the value first (MLX: a model folder, or ``OWNER/REPO``
-    on the Hub, converted once). Otherwise ``OWNER/REPO/FILE.gguf`` that is not a local
-    path is a GGUF on the Hub, and anything else a GGUF path. Whatever source the config
-    named is replaced.
-    """
-    import re
-    from pathlib import Path
-
-    from mlxgen.backends import REGISTRY
-
-    keys: dict[str, Any] = {"llm.path": None, "llm.package": None, "llm.repo": None, "llm.mlx.repo": None,
-                            "llm.mlx.path": None}
-    for info in REGISTRY.values():
-        claimed = info.claim_source(value) if info.claim_source else None
-        if claimed:
-            what, found = claimed
-            return {**keys, **found, "backend": info.name, "what": what}
-    hub = re.fullmatch(r"([\w.-]+/[\w.-]+)/(.+\.gguf)", value)
-    if hub and not Path(value).expanduser().exists() and not value.startswith((".", "~")):
-        return {**keys, "llm.repo": hub[1], "llm.file": hub[2]}
-    return {**keys, "llm.path": value}
+    return keys(value)
 
 
 # ------------------------------------------------------------------------ run
@@ -521,6 +513,10 @@ def doctor(**options: Any) -> None:
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
 @constraint_options
+@click.option("--draft-model", "draft", metavar="SOURCE", help="Also run speculative decoding with this draft model.")
+@click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")
+@click.option("--lookup", type=int, metavar="N", help="Also run speculative decoding by prompt lookup (N tokens per step).")
+@click.option("--adaptive-draft", is_flag=True, default=None, help="Adaptive draft length.")
 def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
           output: str, plot: str | None, **options: Any) -> None:
     """llama-bench style pp/tg tests on one seeded token trace; table on stdout, progress on stderr.
@@ -530,6 +526,7 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     mlxgen bench --backend all --vs-native        every backend, each against its own library's loop
     mlxgen bench -p 128,512 -n 64 -d 0,2048 -o csv
     mlxgen bench -p 16 -n 128 --json-schema s.json   the constraint's cost: constrained/plain, interleaved
+    mlxgen bench --model target.gguf --draft-model draft.gguf   speculative vs plain, interleaved
     """
     from mlxgen import bench as benchmod
     from mlxgen import bench_output
