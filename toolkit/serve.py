@@ -288,6 +288,7 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The stdlib's own errors (a malformed request line, headers too long) in OpenAI's envelope."""
         self.close_connection = True
+        self.request_version = "HTTP/1.1"  # a garbled request line leaves HTTP/0.9: no status line at all
         err = ApiError(code, message or "bad request", code="bad_request")
         try:
             self.send_json(code, err.body())

@@ -18,6 +18,7 @@ jobs from the same queue and steps them together; a job's channels stay the same
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
@@ -76,6 +77,7 @@ class Worker:
         self.jobs: "queue.Queue[Job | None]" = queue.Queue(maxsize=max_queue)
         self.thread = threading.Thread(target=self.run, name="mlxgen-worker", daemon=True)
         self.served = 0
+        self.finished: collections.deque = collections.deque(maxlen=64)  # (request id, reason, tokens)
 
     def start(self) -> "Worker":
         self.thread.start()
@@ -156,6 +158,7 @@ class Worker:
             else:
                 event = next(events)
         stats = event.stats
+        self.finished.append((req.id, event.reason, stats.generated_tokens))
         job.send("done", event.reason, usage(stats.prompt_tokens, stats.cached_tokens, stats.generated_tokens),
                  stats)
 
