@@ -63,7 +63,7 @@ def main() -> int:
                 break
         model = json.loads(http_get(port, "/v1/models"))["data"][0]["id"]
         messages = [{"role": "system", "content": "You are a concise assistant."}]
-        for i in range(6):
+        for i in range(9):
             messages += [{"role": "user", "content": f"Part {i + 1}: " + PARAGRAPH * 4},
                          {"role": "assistant", "content": f"Noted part {i + 1}."}]
         messages.append({"role": "user", "content": "Summarise all the parts in one sentence."})
