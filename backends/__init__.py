@@ -120,16 +120,16 @@ def load_module(name: str):
 
 
 def _configured_tokenizer(cfg: "Config", weights: "Path | None"):
-    """The config's tokenizer.json, else the one beside prepared weights (a folder's, or a GGUF's vocabulary)."""
+    """The config's tokenizer.json, else the one in a prepared model folder; None for a GGUF's own vocabulary."""
     from mlxgen import sources
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
     configured = sources.resolve_tokenizer_file(cfg.tokenizer)
     if configured is not None:
-        return Tokenizer.from_json(configured)
-    if weights is None:
+        return HFTokenizer.from_json(configured)
+    if weights is None or not weights.is_dir():
         return None
-    return Tokenizer.from_json(weights / "tokenizer.json") if weights.is_dir() else Tokenizer.from_gguf(weights)
+    return HFTokenizer.from_json(weights / "tokenizer.json")
 
 
 MLX_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
@@ -142,25 +142,30 @@ def _mlx_tokenizer(cfg: "Config", weights: "Path | None") -> "Tokenizer":
     from pathlib import Path
 
     from mlxgen import sources
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
     tok = _configured_tokenizer(cfg, weights)
     if tok is not None:
         return tok
     mlx = cfg.llm.mlx
     if mlx.path:
-        return Tokenizer.from_json(Path(mlx.path).expanduser() / "tokenizer.json")
+        return HFTokenizer.from_json(Path(mlx.path).expanduser() / "tokenizer.json")
     if mlx.repo:
-        return Tokenizer.from_json(sources.hf_snapshot(mlx.repo, mlx.revision, MLX_TOKENIZER_FILES) / "tokenizer.json")
-    return Tokenizer.from_gguf(sources.resolve_gguf(cfg.llm))
+        return HFTokenizer.from_json(sources.hf_snapshot(mlx.repo, mlx.revision, MLX_TOKENIZER_FILES) / "tokenizer.json")
+    return HFTokenizer.from_gguf(sources.resolve_gguf(cfg.llm))  # what the import writes as tokenizer.json
 
 
 def _llamacpp_tokenizer(cfg: "Config", weights: "Path | None") -> "Tokenizer":
+    """The GGUF's vocabulary through llama.cpp's own tokenizer (a vocab-only load): its ids by construction."""
     from mlxgen import sources
-    from mlxgen.tokenizer import Tokenizer
 
     tok = _configured_tokenizer(cfg, weights)
-    return tok if tok is not None else Tokenizer.from_gguf(sources.resolve_gguf(cfg.llm))
+    if tok is not None:
+        return tok
+    require("llama.cpp")
+    from mlxgen.backends import llamacpp_vocab
+
+    return llamacpp_vocab.open(weights if weights is not None else sources.resolve_gguf(cfg.llm))
 
 
 def _mlx_fit(facts: "Facts") -> Fit:

@@ -224,10 +224,9 @@ class MLXBackend:
             info["build"] += f" ({mx.device_info().get('device_name', 'Apple GPU')})"
         imported = config.get("mlxgen_import")
         if imported:
-            info["note"] = (
-                f"imported from {imported['source']}: "
-                + ("lossless" if not imported["requantized"] else f"{imported['requantized']} tensors requantized")
-            )
+            from mlxgen.backends.mlx_gguf import import_note
+
+            info["note"] = import_note(imported)
         return info
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ folder per key:
 
     hf-<owner>--<name>-<commit12>-q4g64       a Hub repo at a resolved commit, quantized
     local-<folder>-<digest>-q4g64             a local HF folder (path + file sizes/mtimes)
-    gguf-<file stem>-<digest>                 a GGUF (path + size + mtime + import recipe)
+    gguf-<file stem>-<digest>                 a GGUF (its content fingerprint + import recipe)
 
 An entry is built in a temporary folder beside its final place and renamed into place
 (``mlxgen.cache.atomic_dir``); ``mlxgen-manifest.json`` is written last and lists every
@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mlxgen.cache import atomic_dir
+from mlxgen.cache import atomic_dir, fingerprint
 from mlxgen.cache import cache_root as mlxgen_cache_root
-from mlxgen.errors import ModelError
+from mlxgen.errors import ModelError, first_line
 
 CACHE_VERSION = "v1"
 MANIFEST = "mlxgen-manifest.json"
-GGUF_RECIPE = 2  # bump when the GGUF import writes different weights or config for the same file (2: mlxgen_import)
+GGUF_RECIPE = 3  # bump when the GGUF import writes different weights or config for the same file (2: mlxgen_import, 3: exact K-quants, per-type report)
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]
 
 
@@ -111,14 +111,14 @@ def import_gguf_cached(gguf: Path, bits: int = 4, group_size: int = 64, out: Pat
     from mlxgen.backends.mlx_gguf import import_gguf
 
     gguf = gguf.resolve()
-    st = gguf.stat()
-    ident = f"{gguf}|{st.st_size}|{st.st_mtime_ns}|recipe{GGUF_RECIPE}|q{bits}g{group_size}"
+    content = fingerprint(gguf)  # by content: the same file in another venv or folder is the same entry
+    ident = f"{content}|recipe{GGUF_RECIPE}|q{bits}g{group_size}"
     key = f"gguf-{_slug(gguf.stem)}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
     return _cached(
         out or cache_root() / key,
         lambda tmp: import_gguf(gguf, tmp, bits, group_size, say),
-        {"source": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "recipe": GGUF_RECIPE,
-         "bits": bits, "group_size": group_size},
+        {"content": content, "size": gguf.stat().st_size, "recipe": GGUF_RECIPE, "bits": bits,
+         "group_size": group_size},
     )
 
 
@@ -220,7 +220,7 @@ def _mlx_lm_convert(src: Path, dst: Path, bits: int, group_size: int, what: str)
         with contextlib.redirect_stdout(sys.stderr):
             mlx_lm_convert(str(src), str(work), quantize=True, q_group_size=group_size, q_bits=bits)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        raise ModelError(f"{what}: mlx-lm cannot convert this model ({_first_line(e)})") from None
+        raise ModelError(f"{what}: mlx-lm cannot convert this model ({first_line(e)})") from None
     for f in work.iterdir():
         os.replace(f, dst / f.name)
     work.rmdir()
@@ -250,7 +250,3 @@ def _need_safetensors(folder: Path, what: str) -> list[Path]:
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:48].strip("-.") or "model"
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -32,17 +32,18 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=768)
     ap.add_argument("--quant", choices=QUANTS, default="q8_0")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="tiny-random-llama", help="general.name")
     args = ap.parse_args()
     vocab = write_tiny_gguf(
         args.out, args.source, layers=args.layers, dim=args.dim, heads=args.heads, kv_heads=args.kv_heads,
-        ffn=args.ffn, quant=args.quant, seed=args.seed,
+        ffn=args.ffn, quant=args.quant, seed=args.seed, name=args.name,
     )
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, vocab {vocab}, {args.layers} layers, dim {args.dim}")
 
 
 def write_tiny_gguf(
     out: Path, source: Path | None = None, *, layers: int = 4, dim: int = 256, heads: int = 4, kv_heads: int = 2,
-    ffn: int = 768, quant: str = "q8_0", seed: int = 0,
+    ffn: int = 768, quant: str = "q8_0", seed: int = 0, name: str = "tiny-random-llama",
 ) -> int:
     """Write the random-weight model to ``out``; returns its vocabulary size."""
     import gguf
@@ -63,7 +64,7 @@ def write_tiny_gguf(
             else:
                 w.add_key_value(key, value, f.types[0])
     head_dim = dim // heads
-    w.add_name("tiny-random-llama")
+    w.add_name(name)  # llama.cpp reads some vocabulary rules from it (Phi-3's special tokens)
     w.add_context_length(2048)
     w.add_embedding_length(dim)
     w.add_block_count(layers)

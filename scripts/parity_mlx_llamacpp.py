@@ -6,6 +6,10 @@ KL divergence of MLX's distribution from llama.cpp's, the largest logit differen
 
     python scripts/parity_mlx_llamacpp.py                      # embedded SmolLM2 Q4_1
     python scripts/parity_mlx_llamacpp.py --gguf model.gguf --min-positions 2000 --json
+    python scripts/parity_mlx_llamacpp.py --gguf tiny-gemma3.F16.gguf --explain   # any architecture the import maps
+
+--explain also runs a float32 reference: the GGUF's own numbers (gguf.quants.dequantize)
+through mlx-lm in float32, and compares each engine with it (which side is off, and by how much).
 
 Exit status 1 when top-1 agreement is below --min-agreement (default 0.95).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,15 +125,16 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict:
     }
 
 
-def float_reference(folder: Path):
-    """The imported model with every weight dequantized to float32: the exact GGUF numbers."""
-    import mlx.core as mx
-    from mlx.utils import tree_map
-    from mlx_lm.utils import dequantize_model, load_model
+def float_reference(gguf: Path, work: Path):
+    """The GGUF's weights exactly as gguf.quants dequantizes them, in float32, run by mlx-lm:
+    the same numbers both engines start from, with float32 math."""
+    from mlx_lm.utils import load_model
 
+    from mlxgen.backends.mlx_gguf import import_gguf
+
+    folder = work / "f32"
+    import_gguf(gguf, folder, float32=True, progress=lambda _: None)
     model, _ = load_model(folder)
-    dequantize_model(model)
-    model.update(tree_map(lambda x: x.astype(mx.float32), model.parameters()))
     return model
 
 
@@ -137,13 +143,14 @@ def run(
 ) -> dict:
     from mlx_lm.utils import load_model
 
-    from mlxgen.backends import mlx_convert
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.backends import mlx_convert, mlx_gguf
+    from mlxgen.tokenizer import HFTokenizer
 
-    tok = Tokenizer.from_gguf(gguf)
+    tok = HFTokenizer.from_gguf(gguf)
     folder = mlx_folder or mlx_convert.import_gguf_cached(gguf)
     model, _ = load_model(folder)
-    exact = float_reference(folder) if explain else None
+    work = tempfile.TemporaryDirectory()
+    exact = float_reference(gguf, Path(work.name)) if explain else None
     vs_exact = {"llama.cpp": [0, []], "mlx": [0, []]}
     agree, total, kls, worst = 0, 0, [], 0.0
     t0 = time.perf_counter()
@@ -175,9 +182,12 @@ def run(
         for name, (n_agree, parts) in vs_exact.items():
             extra[f"{name}_vs_f32_top1"] = n_agree / total
             extra[f"{name}_vs_f32_mean_kl"] = float(np.concatenate(parts).mean())
+    work.cleanup()
+    imported = json.loads((folder / "config.json").read_text()).get("mlxgen_import") or {}
     return {
         "gguf": str(gguf),
         "mlx_folder": str(folder),
+        "import": mlx_gguf.type_summary(imported["types"]) if imported.get("types") else "",
         "positions": total,
         "top1_agreement": agree / total,
         "mean_kl": float(kl.mean()),
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-positions", type=int, default=1000)
     ap.add_argument("--min-agreement", type=float, default=0.95)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--explain", action="store_true", help="also compare both sides with the float32 model")
+    ap.add_argument("--explain", action="store_true", help="also compare both engines with a float32 model of the GGUF's numbers")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     result = run(args.gguf or default_gguf(), args.min_positions, args.mlx_folder, args.threads, args.explain)

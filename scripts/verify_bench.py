@@ -82,14 +82,14 @@ def main() -> None:
     from mlxgen.config import load_config
     from mlxgen.hardware import available_cpus
     from mlxgen.sources import resolve_gguf
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
     cfg = load_config(None, {"llm.n_ctx": args.ctx})
     path = resolve_gguf(cfg.llm)
     threads = args.threads or available_cpus()
     llm = llama_cpp.Llama(str(path), n_ctx=args.ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
                           logits_all=False, verbose=False)
-    tok = Tokenizer.from_gguf(path)
+    tok = HFTokenizer.from_gguf(path)
     special = tok.hf.get_added_tokens_decoder().keys()
     trace = benchmod.random_trace(42, max(args.p, args.n), min(tok.vocab_size, llm.n_vocab()), special)
 

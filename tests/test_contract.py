@@ -82,12 +82,12 @@ def _toy_tokenizer_files(folder: Path) -> Path:
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
     """Register the toy backend the way a new backend would: a module and a registry entry."""
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
     weights = _toy_tokenizer_files(tmp_path)
     module = types.ModuleType("mlxgen_toy_backend")
     module.prepare = lambda cfg: weights
-    module.load = lambda w, cfg, choice: ToyBackend(Tokenizer.from_json(w / "tokenizer.json"), cfg.llm.n_ctx)
+    module.load = lambda w, cfg, choice: ToyBackend(HFTokenizer.from_json(w / "tokenizer.json"), cfg.llm.n_ctx)
     module.doctor_rows = lambda: [("toy", "1.0")]
     monkeypatch.setitem(sys.modules, "mlxgen_toy_backend", module)
     info = BackendInfo(
@@ -97,7 +97,7 @@ def toy(tmp_path, monkeypatch):
         extra="toy",
         fit=lambda facts: Fit(-1, "the toy backend runs anywhere"),
         describe_model=lambda cfg: f"toy alphabet in {weights}",
-        open_tokenizer=lambda cfg, w: Tokenizer.from_json((w or weights) / "tokenizer.json"),
+        open_tokenizer=lambda cfg, w: HFTokenizer.from_json((w or weights) / "tokenizer.json"),
         libraries=("numpy",),
     )
     monkeypatch.setitem(backends.REGISTRY, "toy", info)

@@ -368,12 +368,14 @@ def _triggers():
     # GGUF files
     T["gguf-missing"] = lambda w, mp: lib(gguf_check().check, w / "gone.gguf")
     T["gguf-not-regular"] = lambda w, mp: lib(gguf_check().check, w)
-    T["gguf-invalid"] = lambda w, mp: lib(gguf_check().check, write(w, "junk.gguf", b"not a model" * 100))
+    T["gguf-invalid"] = lambda w, mp: [lib(gguf_check().check, write(w, "junk.gguf", b"not a model" * 100)),
+                                       mlx_import_junk(w)]  # the MLX import reads GGUFs the same way
     T["gguf-unreadable"] = lambda w, mp: unreadable_gguf(w, mp)
     T["llamacpp-load"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1", "-c", write(
         w, "noeos.yaml", "tokenizer:\n  eos_token: []\n"), "--model", str(gguf_file(w, "arch.gguf", arch="nosucharch")))
     T["gguf-no-tokenizer"] = lambda w, mp: vocab_error(w, "v1.gguf", meta={"tokenizer.ggml.model": None})
-    T["gguf-tokenizer-model"] = lambda w, mp: vocab_error(w, "v2.gguf", meta={"tokenizer.ggml.model": "llama"})
+    T["gguf-tokenizer-model"] = lambda w, mp: vocab_error(w, "v2.gguf", meta={"tokenizer.ggml.model": "t5"})
+    T["gguf-vocab-scores"] = lambda w, mp: vocab_error(w, "v2s.gguf", meta={"tokenizer.ggml.model": "llama"})
     T["gguf-pretokenizer"] = lambda w, mp: vocab_error(w, "v3.gguf", meta={"tokenizer.ggml.pre": "martian"})
     T["gguf-vocab-tokens"] = lambda w, mp: vocab_error(w, "v4.gguf", meta={"tokenizer.ggml.tokens": None})
     T["gguf-vocab-types"] = lambda w, mp: vocab_error(w, "v5.gguf", meta={"tokenizer.ggml.token_type": [1, 1]})
@@ -385,20 +387,23 @@ def _triggers():
         gguf_file(w, "v10.gguf", meta={"tokenizer.ggml.tokens": byte_tokens() + ["QQQQQQQQ"]}), b"QQQQQQQQ"))
     T["gguf-tokenizer-build"] = lambda w, mp: vocab_error(w, "v11.gguf", meta={"tokenizer.ggml.merges": ["zz qq"]})
     # MLX
-    T["mlx-gguf-unreadable"] = lambda w, mp: mlx_import_junk(w)
     T["mlx-gguf-arch"] = lambda w, mp: mlx_import_error(w, "m1.gguf", arch="gpt2")
     T["mlx-gguf-type"] = lambda w, mp: mlx_bad_type(w, mp)
     T["mlx-gguf-meta-missing"] = lambda w, mp: mlx_import_error(w, "m2.gguf", meta={"{a}.embedding_length": None})
     T["mlx-gguf-meta-int"] = lambda w, mp: mlx_import_error(w, "m3.gguf", meta={"{a}.block_count": 0})
     T["mlx-gguf-meta-number"] = lambda w, mp: mlx_import_error(
         w, "m4.gguf", meta={"{a}.attention.layer_norm_rms_epsilon": -1.0})
-    T["mlx-gguf-meta-read"] = lambda w, mp: mlx_import_error(w, "m5.gguf", patch=b"QQQQQQQQ",
-                                                             meta={"{a}.rope.scaling.type": ["QQQQQQQQ"]})
     T["mlx-gguf-heads"] = lambda w, mp: mlx_import_error(w, "m6.gguf", meta={"{a}.attention.head_count_kv": 3})
     T["mlx-gguf-no-embd"] = lambda w, mp: mlx_import_error(w, "m7.gguf", drop_tensors=("token_embd.weight",))
     T["mlx-gguf-head-dim"] = lambda w, mp: mlx_import_error(w, "m8.gguf", meta={"{a}.attention.key_length": 3})
     T["mlx-gguf-rope-scaling"] = lambda w, mp: mlx_import_error(w, "m9.gguf", meta={"{a}.rope.scaling.type": "yarn"})
     T["mlx-gguf-rope-freqs"] = lambda w, mp: mlx_import_error(w, "m10.gguf", extra_tensors={"rope_freqs.weight": (2,)})
+    T["mlx-gguf-swa-pattern"] = lambda w, mp: mlx_import_error(w, "m16.gguf", arch="gemma3", meta={
+        "{a}.attention.sliding_window": 4, "{a}.attention.sliding_window_pattern": [1, 0]})
+    T["mlx-gguf-longrope"] = lambda w, mp: mlx_import_error(w, "m17.gguf", arch="phi3",
+                                                            extra_tensors={"rope_factors_long.weight": (2,)})
+    T["mlx-gguf-experts"] = lambda w, mp: mlx_import_error(w, "m18.gguf", arch="qwen3moe")
+    T["mlx-gguf-no-place"] = lambda w, mp: mlx_import_error(w, "m19.gguf", extra_tensors={"blk.0.attn_output.bias": (H,)})
     T["mlx-gguf-layer"] = lambda w, mp: mlx_import_error(w, "m11.gguf", extra_tensors={"blk.5.attn_norm.weight": (H,)})
     T["mlx-gguf-shape"] = lambda w, mp: mlx_import_error(w, "m12.gguf", extra_tensors={"blk.0.attn_norm.weight": (3,)})
     T["mlx-gguf-tensor-missing"] = lambda w, mp: mlx_import_error(w, "m13.gguf", drop_tensors=("blk.0.ffn_up.weight",))
@@ -548,9 +553,9 @@ def offline_mlx_repo(w: Path) -> list[str]:
 
 
 def load_tokenizer_json(path: str):
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
-    return Tokenizer.from_json(path)
+    return HFTokenizer.from_json(path)
 
 
 def gguf_check():

@@ -239,7 +239,7 @@ def test_mlx_import_refuses_a_corrupt_file_before_gguf_reader(tmp_path, corpus):
     path = _patched(tmp_path, corpus, "tiny-q8_0.gguf", "array_len", 2**60)
     with pytest.raises(ModelError) as info:
         import_gguf(path, tmp_path / "out", progress=lambda _m: None)
-    assert "not a readable GGUF file (array 'tokenizer.ggml.tokens' has 1152921504606846976 entries" in str(info.value)
+    assert "not a valid GGUF file (array 'tokenizer.ggml.tokens' has 1152921504606846976 entries" in str(info.value)
 
 
 def test_llamacpp_prepare_checks_the_file(tmp_path, corpus):

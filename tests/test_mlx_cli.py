@@ -66,4 +66,4 @@ def test_bench_all_backends_vs_native_on_the_same_weights(env):
     ]
     assert all(float(row[9]) > 0 for row in table)  # ours/native measured on both backends
     assert table[0][0] == "| llama 135M mlx 4/8-bit" and table[2][0] == "| llama 256M Q4_1"
-    assert "imported from SmolLM2-135M-Instruct.Q4_1.gguf: lossless" in proc.stdout.decode()
+    assert "imported from SmolLM2-135M-Instruct.Q4_1.gguf: Q4_1 x210 exact (4-bit g32), F32 x61 exact (float), Q8_0 x1 exact (8-bit g32)" in proc.stdout.decode()

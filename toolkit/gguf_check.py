@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxgen.errors import ModelError
+from mlxgen.errors import ModelError, first_line
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # what gguf.GGUFReader and llama.cpp read
@@ -351,3 +351,29 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int) -> int | None:
     kv = v.get(f"{arch}.attention.head_count_kv", heads)
     head_dim = v.get(f"{arch}.attention.key_length", emb // heads)
     return n_ctx * blocks * 2 * kv * head_dim * 2
+
+
+def open_reader(path: str | Path):
+    """``gguf.GGUFReader`` on a file :func:`check` has checked first (GGUFReader trusts every count it reads)."""
+    import gguf
+
+    check(path)
+    try:
+        return gguf.GGUFReader(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file does not exist") from None
+    except Exception as e:  # anything the structural check does not cover
+        raise GGUFFormatError(path, first_line(e)) from None
+
+
+def field_value(reader, key: str, default=None, path: str | Path | None = None):
+    """A metadata value as Python data (``default`` if absent); one ModelError if it cannot be decoded."""
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    try:
+        value = f.contents()
+    except (UnicodeDecodeError, ValueError, IndexError) as e:
+        where = f"{path}: " if path is not None else ""
+        raise ModelError(f"{where}GGUF metadata {key} cannot be read ({type(e).__name__}: {first_line(e)})") from None
+    return value if value is not None else default

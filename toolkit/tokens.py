@@ -1,14 +1,14 @@
 """`mlxgen tokens`: what the model sees. Counts, each id with its text, template tokens.
 
 Large inputs are cut into chunks at newlines between two non-blank characters, a point
-where a byte-level BPE pre-tokenizer always starts a new piece, and encoded in batches
-(in parallel by ``tokenizers``), so the ids are the same as one ``encode`` of the whole
-text and a progress bar can follow. Tokenizers of other kinds encode in one call.
+where a byte-level BPE pre-tokenizer always starts a new piece (the tokenizer says whether
+it is one: ``Tokenizer.chunkable``), and encoded in batches (in parallel by either
+implementation), so the ids are the same as one ``encode`` of the whole text and a
+progress bar can follow. Tokenizers of other kinds encode in one call.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
@@ -44,15 +44,6 @@ def read_text(text: str | None, path: str | None, errors: str) -> str:
 # ---------------------------------------------------------------- encoding
 
 
-@functools.lru_cache(maxsize=4)
-def chunkable(hf) -> bool:
-    """Byte-level pre-tokenizing and no normalizer: cutting at the boundaries changes no id."""
-    spec = json.loads(hf.to_str())
-    pre = json.dumps(spec.get("pre_tokenizer"))
-    prefix_space = re.search(r'"add_prefix_space": true', pre) is not None  # would add a space to every chunk
-    return spec.get("normalizer") is None and "ByteLevel" in pre and "Metaspace" not in pre and not prefix_space
-
-
 def split(text: str, size: int = CHUNK_CHARS) -> list[str]:
     chunks, start = [], 0
     while start < len(text):
@@ -66,16 +57,16 @@ def split(text: str, size: int = CHUNK_CHARS) -> list[str]:
 
 def encode(tok: Tokenizer, text: str, progress: Callable[[int], None] | None = None, offsets: bool = True) -> Encoded:
     """``tok.encode(text)`` (BOS rule included), with character offsets, in chunks when large."""
-    chunks = split(text) if len(text) > CHUNK_CHARS and chunkable(tok.hf) else [text]
+    chunks = split(text) if len(text) > CHUNK_CHARS and tok.chunkable else [text]
     ids: list[int] = []
     spans: list[tuple[int, int]] = []
     base = 0
     for i in range(0, len(chunks), BATCH):
         group = chunks[i : i + BATCH]
-        for chunk, enc in zip(group, tok.hf.encode_batch(group, add_special_tokens=False)):
-            ids += enc.ids
+        for chunk, (chunk_ids, chunk_spans) in zip(group, tok.encode_spans(group, offsets)):
+            ids += chunk_ids
             if offsets:
-                spans += [(a + base, b + base) for a, b in enc.offsets]
+                spans += [(a + base, b + base) for a, b in chunk_spans]
             base += len(chunk)
         if progress:
             progress(base)
@@ -103,37 +94,18 @@ def in_span(offset: tuple[int, int], span: tuple[int, int]) -> bool:
 # ----------------------------------------------------------------- showing
 
 
-@functools.lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: piece character -> byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    chars, n = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
-
-
 def token_text(tok: Tokenizer, tid: int) -> str:
     """A token's text, quoted and escaped; part of a UTF-8 character shows as its bytes."""
-    text = tok.decode([tid])
-    piece, table = tok.piece(tid), _byte_decoder()
-    if "\ufffd" in text and piece and all(c in table for c in piece):
-        data = bytes(table[c] for c in piece)
-        try:
-            data.decode("utf-8")  # a whole character after all (U+FFFD itself)
-        except UnicodeDecodeError:
-            return repr(data)
+    data = tok.token_bytes(tid)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(data)
     return json.dumps(text, ensure_ascii=False)
 
 
-def special_ids(tok: Tokenizer) -> set[int]:
-    try:
-        return {i for i, t in tok.hf.get_added_tokens_decoder().items() if t.special}
-    except AttributeError:  # an old tokenizers
-        return set()
+def special_ids(tok: Tokenizer) -> frozenset[int]:
+    return tok.special_ids()
 
 
 def progress_bar(total: int, out=None) -> Callable[[int], None]:
