@@ -91,9 +91,14 @@ def wait_ready(port: int, proc, timeout: float = 300) -> str:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            return json.loads(http_get(port, "/v1/models"))["data"][0]["id"]
+            body = http_get(port, "/v1/models")
         except OSError:
             time.sleep(0.5)
+            continue
+        try:
+            return json.loads(body)["data"][0]["id"]
+        except (ValueError, LookupError):  # mlx_lm.server answers with an empty body: it serves "default_model"
+            return "default_model"
     raise RuntimeError("server did not come up")
 
 
@@ -119,6 +124,8 @@ def main() -> int:
     ap.add_argument("--requests1", type=int, default=8)
     ap.add_argument("--requests8", type=int, default=16)
     ap.add_argument("--only", choices=["llama.cpp", "mlx"])
+    ap.add_argument("--no-queue-peer", dest="queue_peer", action="store_false",
+                    help="run llama_cpp.server with its default --interrupt_requests True")
     ap.add_argument("--json")
     a = ap.parse_args()
     from mlxgen.sources import package_file
@@ -132,6 +139,8 @@ def main() -> int:
         p = free_port()
         rows += bench("llama_cpp.server", [py, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", str(a.threads),
                                            "--n_threads_batch", str(a.threads), "--n_ctx", "2048", "--host", "127.0.0.1",
+                                           # its default (True) ends a running stream when a new request comes
+                                           "--interrupt_requests", str(not a.queue_peer),
                                            "--port", str(p)], p, a)
     if a.only in (None, "mlx"):
         from mlxgen.backends import mlx as mlx_backend

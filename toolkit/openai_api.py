@@ -266,11 +266,10 @@ def finite(x: float) -> float:
 
 
 def chat_logprobs(entries: Sequence[dict]) -> dict:
-    def one(text: str, lp: float) -> dict:
-        return {"token": text, "logprob": finite(lp), "bytes": list(text.encode("utf-8"))}
+    def one(e: dict) -> dict:
+        return {"token": e["text"], "logprob": finite(e["logprob"]), "bytes": e.get("bytes", list(e["text"].encode()))}
 
-    return {"content": [{**one(e["text"], e["logprob"]), "top_logprobs": [one(t["text"], t["logprob"])
-                                                                          for t in e["top"]]} for e in entries]}
+    return {"content": [{**one(e), "top_logprobs": [one(t) for t in e["top"]]} for e in entries]}
 
 
 def completion_logprobs(entries: Sequence[dict], offset: int = 0) -> dict:

@@ -163,7 +163,10 @@ class Worker:
                  stats)
 
     def entry(self, record, k: int) -> dict:
-        decode = self.sess.tokenizer.decode
+        tok = self.sess.tokenizer
         tid, lp, top = record
-        return {"id": tid, "text": decode([tid]), "logprob": lp,
-                "top": [{"id": i, "text": decode([i]), "logprob": v} for i, v in top[:k]]}
+
+        def one(i: int, v: float) -> dict:  # a token's text, and its exact bytes (a piece of a character too)
+            return {"id": i, "text": tok.decode([i]), "bytes": list(tok.token_bytes(i)), "logprob": v}
+
+        return {**one(tid, lp), "top": [one(i, v) for i, v in top[:k]]}
