@@ -34,7 +34,9 @@ def stream(port: int, model: str, messages: list[dict]) -> tuple[float, str, dic
               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     f = s.makefile("rb")
     ttft, pieces, use = None, [], {}
+    stream.keepalives = 0
     for line in f:
+        stream.keepalives += line.startswith(b": keep-alive")
         if line.strip() == b"data: [DONE]":
             break
         if not line.startswith(b"data: "):
@@ -68,6 +70,7 @@ def main() -> int:
                          {"role": "assistant", "content": f"Noted part {i + 1}."}]
         messages.append({"role": "user", "content": "Summarise all the parts in one sentence."})
         ttft1, answer, use1 = stream(port, model, messages)
+        keepalives = stream.keepalives
         messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Now in five words."}]
         ttft2, _, use2 = stream(port, model, messages)
     finally:
@@ -76,7 +79,7 @@ def main() -> int:
     out = {"backend": a.backend, "threads": a.threads, "turn1_prompt_tokens": use1["prompt_tokens"],
            "turn1_cached": use1["prompt_tokens_details"]["cached_tokens"], "turn1_ttft_s": round(ttft1, 3),
            "turn2_prompt_tokens": use2["prompt_tokens"], "turn2_cached": use2["prompt_tokens_details"]["cached_tokens"],
-           "turn2_ttft_s": round(ttft2, 3), "ratio": round(ttft2 / ttft1, 3), "load_avg": os.getloadavg()}
+           "turn2_ttft_s": round(ttft2, 3), "ratio": round(ttft2 / ttft1, 3), "turn1_keepalives": keepalives, "load_avg": os.getloadavg()}
     print(json.dumps(out))
     return 0 if out["ratio"] < 0.25 else 1
 
