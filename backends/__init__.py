@@ -48,6 +48,7 @@ class BackendInfo:
     open_tokenizer: Callable[["Config", "Path | None"], "Tokenizer"]  # weights None: without preparing them
     libraries: tuple[str, ...] = ()  # distributions bench and doctor report the versions of
     gpu_probe: Callable[[], bool] | None = None  # does the installed build reach a GPU (imports the library)
+    converter: str | None = None  # its module's function behind `mlxgen convert` (a backend with its own format)
     claim_source: Callable[[str], "tuple[str, dict] | None"] | None = None  # --model values only it runs:
     # (what it is, in words; the config keys it sets)
     cached_models: Callable[[], list] | None = None  # the models of its kind on this machine (mlxgen.models)
@@ -261,7 +262,7 @@ def _llamacpp_gpu() -> bool:
 
 
 register(BackendInfo("mlx", "mlxgen.backends.mlx", ("mlx", "mlx_lm"), "mlx", _mlx_fit, _mlx_model, _mlx_tokenizer,
-                     libraries=("mlx", "mlx-lm"), claim_source=_mlx_claim,
+                     libraries=("mlx", "mlx-lm"), converter="convert", claim_source=_mlx_claim,
                      cached_models=_mlx_cached))
 register(BackendInfo("llama.cpp", "mlxgen.backends.llamacpp", ("llama_cpp",), "llamacpp", _llamacpp_fit,
                      _llamacpp_model, _llamacpp_tokenizer, libraries=("llama-cpp-python",), gpu_probe=_llamacpp_gpu,

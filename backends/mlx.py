@@ -70,6 +70,11 @@ def prepare(cfg: Config) -> Path:
     return mlx_convert.import_gguf_cached(resolve_gguf(cfg.llm), q.bits, q.group_size)
 
 
+def convert(source: str, out: Path | None, bits: int, group_size: int, revision: str) -> Path:
+    """`mlxgen convert`: a Hub repo, a local HF folder or a GGUF file -> an MLX model folder (cached)."""
+    return mlx_convert.convert(source, out, bits, group_size, revision)
+
+
 def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBackend":
     from mlx_lm.utils import load_model
 

@@ -8,6 +8,7 @@ once with pip and keeps only those files, in a cache folder keyed by version.
 
     python scripts/llamacpp_suite.py            # both tokenizers on every vocabulary
     python scripts/llamacpp_suite.py --templates
+    python scripts/llamacpp_suite.py --fuzz 600  # and 600 random texts per vocabulary, both ways
 
 Nothing of the sdist is committed; the tests that use it skip when it cannot be fetched.
 """
@@ -121,6 +122,29 @@ def score(tokenizer, vocab: Vocab) -> tuple[int, list[str]]:
     return good, bad
 
 
+# Pieces random texts are made of: scripts, combining marks, emoji, digits, odd whitespace,
+# punctuation, control characters and special-token text.
+PIECES = ["Hello", " world", "  ", "\n", "\n\n", "\t", " \n ", "123", "4567890", "3.14", "'s", "'LL", "don't", "ñ",
+          "é", "Ünïcödé", "你好", "世界", "日本語", "カタカナ", "한국어", "Русский", "ελληνικά", "العربية", "हिन्दी",
+          "ไทย", "🙂", "👨\u200d👩\u200d👧", "🇪🇸", "!!", "?", "...", "—", "«»", "(x)", "[]", "{}", "<tag>", "</s>", "<s>",
+          "$", "+", "=", "^", "~", "|", "`", "@", "#", "%", "\u00a0", "\u3000", "\u200b", "a", "Z", "ß", "İ", "ǅ", "ﬁ",
+          "①", "²", "½", "Cửa Việt", "e\u0301", "\r\n", "    def f():", "x\u0308", "\u2003", "\u0085", "\u2028",
+          "\u3000\u3000", " \u3001", "ア", "ｱ", "Ａ", "𝔘", "\U0001F600", "\x00", "\x7f"]
+
+
+def random_texts(seed: int, n: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12))) for _ in range(n)]
+
+
+def differences(ours, theirs, texts: list[str]) -> list[str]:
+    """Texts where the two tokenizers disagree, with or without special-token parsing (and BOS)."""
+    return [repr(t) for t in texts for special in (False, True)
+            if ours.encode(t, bos=special, special=special) != theirs.encode(t, bos=special, special=special)]
+
+
 TURNS = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "What is the capital of France?"},
@@ -153,6 +177,7 @@ def main(argv: list[str]) -> int:
                 print(f"{p.name}: {type(e).__name__}: {e}")
         print(f"{ok}/{len(paths)} templates render")
         return 0
+    fuzz = int(argv[argv.index("--fuzz") + 1]) if "--fuzz" in argv else 0
     import os as _os
 
     _os.environ.setdefault("MLXGEN_CACHE", tempfile.mkdtemp())
@@ -184,6 +209,9 @@ def main(argv: list[str]) -> int:
             totals["rebuilt"][0] += good
             totals["rebuilt"][1] += n
             row += f"{good}" + (f"   first miss {bad[0]}" if bad else "")
+            if fuzz and llamacpp_vocab:
+                diff = differences(tok, llamacpp_vocab.open(v.gguf), random_texts(0, fuzz))
+                row += f"   random texts: {2 * fuzz - len(diff)}/{2 * fuzz} agree" + (f" (first {diff[0]})" if diff else "")
         print(row)
     for k, (g, n) in totals.items():
         print(f"{k}: {g} of {n} accepted cases")

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from gguf_writer import add_shape, finish
 
 ARCHS = ("llama", "llama-rope-freqs", "mistral", "gemma3", "phi3", "qwen2moe", "qwen3moe")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -65,19 +66,11 @@ def write_arch_gguf(out: Path, arch: str, *, dim: int = 256, layers: int = 2, he
     w.add_add_bos_token(False)
     w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
     vocab = len(tokens)
-    w.add_context_length(2048)
-    w.add_embedding_length(dim)
-    w.add_block_count(layers)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
+    base = 1000000.0 if arch == "mistral" else 10000.0
+    add_shape(w, dim=dim, layers=layers, ffn=ffn, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
+              eps=1e-6, rope_base=base)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_vocab_size(vocab)
-    base = 1000000.0 if arch == "mistral" else 10000.0
-    w.add_rope_freq_base(base)
     if gguf_arch == "gemma3":
         w.add_sliding_window(16)  # short, so the windows matter within a prompt
     if gguf_arch in ("qwen2moe", "qwen3moe"):
@@ -142,10 +135,7 @@ def write_arch_gguf(out: Path, arch: str, *, dim: int = 256, layers: int = 2, he
             mat(f"{b}.ffn_gate.weight", ffn, dim)
             mat(f"{b}.ffn_up.weight", ffn, dim)
             mat(f"{b}.ffn_down.weight", dim, ffn)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return out
 
 

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from gguf_writer import finish
+from gguf_writer import add_shape, finish
 
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_1", "q5_0")
@@ -65,16 +65,8 @@ def write_tiny_gguf(
                 w.add_key_value(key, value, f.types[0])
     head_dim = dim // heads
     w.add_name(name)  # llama.cpp reads some vocabulary rules from it (Phi-3's special tokens)
-    w.add_context_length(2048)
-    w.add_embedding_length(dim)
-    w.add_block_count(layers)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(vocab)
+    add_shape(w, dim=dim, layers=layers, ffn=ffn, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
+              eps=1e-5, rope_base=10000.0)
 
     rng = np.random.default_rng(seed)
     qtype = getattr(gguf.GGMLQuantizationType, quant.upper())

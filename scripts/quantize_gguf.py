@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from gguf_writer import finish
 
 
 def write_float_gguf(source: Path, out: Path, dtype=np.float16) -> None:
@@ -41,10 +42,7 @@ def write_float_gguf(source: Path, out: Path, dtype=np.float16) -> None:
         shape = tuple(int(d) for d in reversed(t.shape))
         values = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
         w.add_tensor(t.name, values.astype(np.float32 if len(shape) == 1 else dtype))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
 
 
 def quantize(float_gguf: Path, out: Path, ftype: str, threads: int | None = None) -> None:

@@ -536,10 +536,10 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
 
     from mlxgen import backends
 
-    backends.require("mlx")
-    from mlxgen.backends import mlx_convert
-
-    path = mlx_convert.convert(source, Path(out) if out else None, int(bits), int(group_size), revision)
+    name = next(info.name for info in backends.REGISTRY.values() if info.converter)  # the backend with its own format
+    module = backends.load_module(name)
+    path = getattr(module, backends.REGISTRY[name].converter)(source, Path(out) if out else None, int(bits),
+                                                              int(group_size), revision)
     click.echo(str(path))
 
 

@@ -9,11 +9,12 @@ without llama.cpp (the llama.cpp backend uses llama.cpp's own):
   taking a piece that is a whole token before merging (``IGNORE_MERGES``);
 - SentencePiece (``llama``: Llama 2, Mistral, Phi-3, Gemma 1-3): scores as merge ranks,
   a ``▁`` before every run of text, ``<0xNN>`` byte fallback;
-- Gemma 4 (``gemma4``) and WordPiece (``bert``).
+- Gemma 4 (``gemma4``).
 
-Every vocabulary in llama.cpp's own tokenizer suite gives its ids
-(``tests/test_llamacpp_suite.py``); anything else is refused in one line naming the
-vocabulary, never tokenized differently. The special tokens, BOS rule and
+Every vocabulary it accepts gives llama.cpp's ids on llama.cpp's own tokenizer suite
+(``tests/test_llamacpp_suite.py``) and on random multilingual text; anything else
+(WordPiece ``bert``, ``t5``, ``rwkv``, ...) is refused in one line naming the vocabulary,
+never tokenized differently. The special tokens, BOS rule and
 end-of-generation set follow llama.cpp's rules too.
 
 Reading a large vocabulary through ``gguf.GGUFReader`` takes seconds, so the result is
@@ -47,7 +48,7 @@ QWEN35 = (
 DEEPSEEK_LLM = [
     '[\r\n]',
     '\\s?[A-Za-z\xb5\xc0-\xd6\xd8-\xf6\xf8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+',
-    '\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+',
+    '\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3001-\u3002]+',
     '\\s+$',
     '[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+',
     '\\p{N}+',
@@ -59,6 +60,11 @@ DEEPSEEK_CODER = [
     '[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+',
     '\\p{N}',
 ]
+# llama.cpp runs regexes without \p{..} classes through std::wregex, where \s is ASCII and
+# Latin-1 whitespace only (NEL, NBSP; not U+2003 or U+3000) and U+3000 falls outside DeepSeek's
+# [\u3000-\u3002] (found by comparing random text with llama.cpp): say so for Oniguruma.
+WREGEX_SPACE = "[\t\n\x0b\x0c\r \x85\xa0]"  # the characters themselves: Oniguruma reads \xHH as a byte
+DEEPSEEK_LLM = [rx if "\\p{" in rx else rx.replace("\\s", WREGEX_SPACE) for rx in DEEPSEEK_LLM]
 PRE_TOKENIZERS: dict[str, list[str]] = {
     "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
     "gpt-2": [GPT2],
@@ -90,7 +96,7 @@ FIM_TEXTS = {"fim_pad": {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD
              "fim_rep": {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
              "fim_sep": {"<|file_sep|>"}}
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED = 1, 2, 3, 4
-CACHE_VERSION = "v2"  # v2: SentencePiece, Gemma 4, more pre-tokenizers, ignore_merges
+CACHE_VERSION = "v4"  # v2: SentencePiece, Gemma 4, more pre-tokenizers, ignore_merges; v3: llama.cpp token types; v4: DeepSeek's wregex whitespace
 
 
 @dataclass
@@ -161,10 +167,11 @@ def _build(reader) -> GGUFVocab:
             f"GGUF metadata tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens"
         )
     tok: Tokenizer = BUILDERS[model](reader, tokens, types, pre)
+    types = _llamacpp_types(tokens, types, model)
     rstrip = model == "llama" and _is_phi3(reader)  # llama.cpp strips spaces after Phi-3's special tokens
     specials = [
         AddedToken(tokens[i], special=(t != USER_DEFINED), normalized=False,
-                   rstrip=rstrip and t != USER_DEFINED and tokens[i] not in ("<unk>", "<s>", "<|endoftext|>"))
+                   rstrip=rstrip and tokens[i] not in ("<unk>", "<s>", "<|endoftext|>"))
         for i, t in enumerate(types)
         if t in (CONTROL, USER_DEFINED, UNKNOWN)
     ]
@@ -179,8 +186,6 @@ def _build(reader) -> GGUFVocab:
         return value if 0 <= value < len(tokens) else None
 
     bos_id = token_id("tokenizer.ggml.bos_token_id")
-    if bos_id is None and model == "bert":  # llama.cpp's WordPiece: [CLS] starts the text
-        bos_id = token_id("tokenizer.ggml.cls_token_id")
     eos_ids = _end_of_generation(tokens, token_id)
     special = {}
     if bos_id is not None:
@@ -189,7 +194,7 @@ def _build(reader) -> GGUFVocab:
         special["eos_token"] = tokens[eos_ids[0]]
     add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", None)
     if add_bos is None or (model == "gemma4" and not add_bos):  # llama.cpp's defaults (and its Gemma 4 override)
-        add_bos = model in ("llama", "gemma4", "bert") or pre in IGNORE_MERGES
+        add_bos = model in ("llama", "gemma4") or pre in IGNORE_MERGES
     return GGUFVocab(
         tokenizer=tok,
         model=model,
@@ -200,6 +205,27 @@ def _build(reader) -> GGUFVocab:
         chat_template=_text_or_none(reader, "tokenizer.chat_template"),
         special=special,
     )
+
+
+def _llamacpp_types(tokens: list[str], types: list[int], model: str) -> list[int]:
+    """The token types llama.cpp works with: it makes end-of-generation and FIM tokens found by
+    their text control tokens (so a Qwen ``</s>`` is parsed as special), gpt-oss's channel
+    markers user-defined, and Gemma 4's ``</s>`` normal."""
+    types = list(types)
+    marked = EOG_TEXTS.union(*FIM_TEXTS.values())
+    for i, t in enumerate(tokens):
+        if t in marked:  # llama.cpp adds the control flag: parsed only as a special token
+            types[i] = CONTROL
+        elif t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
+            types[i] = USER_DEFINED
+    texts = {t: i for i, t in enumerate(tokens)}
+    if "</s>" in texts and "<|tool_response>" in texts:
+        types[texts["</s>"]] = NORMAL
+    if "<|end|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts) and (
+        "<|return|>" in texts or "<|flush|>" in texts
+    ):
+        types[texts["<|end|>"]] = USER_DEFINED
+    return types
 
 
 def _end_of_generation(tokens: list[str], token_id) -> tuple[int, ...]:
@@ -297,31 +323,6 @@ def _spm(reader, tokens: list[str], types: list[int], pre: str):
     return tok
 
 
-def _wordpiece(reader, tokens: list[str], types: list[int], pre: str):
-    """WordPiece (``bert``) as llama.cpp runs it: Bert's normalizer and word split, then the longest
-    vocabulary entry first, words starting with ``▁`` and continuations without ``##``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-    lowercase = bool(field_value(reader, "tokenizer.ggml.normalizer.lowercase", pre != "whitespace"))
-    strip = field_value(reader, "tokenizer.ggml.normalizer.strip_accents", None)
-    unk = next((tokens[i] for i, t in enumerate(types) if t == UNKNOWN), "[UNK]")
-    try:
-        wp = models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token=unk,
-                              max_input_chars_per_word=1 << 30, continuing_subword_prefix="")
-    except Exception as e:
-        raise ModelError(f"GGUF tokenizer cannot be built from its metadata ({first_line(e)})") from None
-    tok = Tokenizer(wp)
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=lowercase if strip is None else bool(strip),
-                                                lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always",
-                                                                     split=False)]
-    )
-    tok.decoder = _sentencepiece_decoder()
-    return tok
-
-
 def _sentencepiece_decoder():
     from tokenizers import decoders
 
@@ -333,7 +334,10 @@ def _is_phi3(reader) -> bool:
     return isinstance(name, str) and any(k in name.lower() for k in ("phi-3", "phi3"))
 
 
-BUILDERS = {"gpt2": _bpe, "llama": _spm, "gemma4": _gemma4, "bert": _wordpiece}
+# Not rebuilt: WordPiece (bert). Bert's normalizer passes llama.cpp's 47 suite cases, but
+# random text shows llama.cpp's own Unicode tables differ (Hangul vowel jamo, Devanagari
+# vowel signs dropped as accents), and a silent difference is worse than a refusal.
+BUILDERS = {"gpt2": _bpe, "llama": _spm, "gemma4": _gemma4}
 
 
 def _kind(value) -> str:

@@ -154,7 +154,7 @@ class HFTokenizer:
 
     def encode(self, text: str, bos: bool = True, special: bool = True) -> list[int]:
         if special:
-            ids = self.hf.encode(text, add_special_tokens=False).ids
+            ids = [i for part in _rstrip_parts(self.hf, text) for i in self.hf.encode(part, add_special_tokens=False).ids]
         else:
             ids = _plain(self.hf).encode(text, add_special_tokens=False).ids
         if bos and self.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
@@ -162,7 +162,19 @@ class HFTokenizer:
         return ids
 
     def encode_spans(self, texts: Sequence[str], offsets: bool = True) -> list[tuple[list[int], list[Span]]]:
-        return [(e.ids, e.offsets) for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+        parts = [_rstrip_parts(self.hf, t) for t in texts]
+        flat = [p for ps in parts for p in ps]
+        done = iter(self.hf.encode_batch(flat, add_special_tokens=False))
+        out = []
+        for ps in parts:
+            ids, spans, base = [], [], 0
+            for p in ps:
+                e = next(done)
+                ids += e.ids
+                spans += [(a + base, b + base) for a, b in e.offsets]
+                base += len(p)
+            out.append((ids, spans))
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
@@ -193,6 +205,35 @@ def hf_chunkable(hf) -> bool:
     pre = json.dumps(spec.get("pre_tokenizer"))
     prefix_space = re.search(r'"add_prefix_space": true', pre) is not None  # would add a space to every chunk
     return spec.get("normalizer") is None and "ByteLevel" in pre and "Metaspace" not in pre and not prefix_space
+
+
+ASCII_SPACE = " \t\n\r\x0b\x0c"  # what llama.cpp's isspace() strips after a token marked rstrip
+
+
+def _rstrip_parts(hf, text: str) -> list[str]:
+    """``text`` cut where llama.cpp's rstrip and ``tokenizers``' differ, else ``[text]``.
+
+    After a special token marked rstrip (Phi-3's), llama.cpp drops ASCII whitespace only,
+    ``tokenizers`` any Unicode whitespace. Cutting right after the ASCII run makes
+    ``tokenizers`` stop there; the rest starts a new run of text, as it does in llama.cpp.
+    """
+    pattern = _rstrip_pattern(hf)
+    if pattern is None or not any(c.isspace() and c not in ASCII_SPACE for c in text):
+        return [text]
+    cuts = [m.end() for m in pattern.finditer(text)]
+    return [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)]) if b > a] or [text]
+
+
+@functools.lru_cache(maxsize=4)
+def _rstrip_pattern(hf):
+    try:
+        marked = [t.content for t in hf.get_added_tokens_decoder().values() if t.rstrip]
+    except AttributeError:
+        return None
+    if not marked:
+        return None
+    alts = "|".join(re.escape(t) for t in sorted(marked, key=len, reverse=True))
+    return re.compile(f"(?:{alts})[{re.escape(ASCII_SPACE)}]*(?=[^\\S{re.escape(ASCII_SPACE)}])")
 
 
 @functools.lru_cache(maxsize=4)
