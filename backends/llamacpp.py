@@ -3,6 +3,8 @@
 Forward passes only: ``Llama.eval`` for the tokens, then the last position's logits
 read in place with ``llama_get_logits_ith`` (no ``logits_all``, no Python lists of
 the vocabulary). The KV cache lives in the llama.cpp context; ``trim`` drops its tail.
+``verify`` (speculative decoding) decodes its own batch with logits requested at every
+position and reads each row with ``llama_get_logits_ith``.
 Sampling stays in mlxgen's shared loop.
 """
 
@@ -87,6 +89,8 @@ class LlamaCppBackend:
         self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
         self._ctx = self._llm.ctx
         self._logits_t = ctypes.POINTER(ctypes.c_float * self.vocab_size)
+        self._verify_cap = min(n_batch, n_ctx)
+        self._verify_batch = None  # a llama_batch, made on the first verify
 
     def _last_logits(self) -> np.ndarray:
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
@@ -99,6 +103,36 @@ class LlamaCppBackend:
     def step(self, token: int) -> np.ndarray:
         self._llm.eval((token,))
         return self._last_logits()
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        """Extend the cache by ids in one batch; the logits at every position, shape (len(ids), vocab).
+
+        Logits are requested per position in the batch (``logits_all`` on the context
+        would hold n_ctx x vocab floats); rows are copied out before the next decode.
+        """
+        ids = [int(i) for i in ids]
+        n, past = len(ids), self._llm.n_tokens
+        if not 0 < n <= self._verify_cap:
+            raise ValueError(f"verify takes 1 to {self._verify_cap} tokens, not {n}")
+        if self._verify_batch is None:
+            self._verify_batch = llama_cpp.llama_batch_init(self._verify_cap, 0, 1)
+        batch = self._verify_batch
+        batch.n_tokens = n
+        for i, tid in enumerate(ids):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tid, past + i, 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True
+        self._llm._ctx.kv_cache_seq_rm(-1, past, -1)
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise ModelError(f"llama.cpp could not decode {n} tokens at position {past} (llama_decode returned {rc})")
+        self._llm.input_ids[past : past + n] = ids
+        self._llm.n_tokens = past + n
+        out = np.empty((n, self.vocab_size), dtype=np.float32)
+        for i in range(n):
+            ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
+            out[i] = np.ctypeslib.as_array(ctypes.cast(ptr, self._logits_t).contents)
+        return out
 
     def trim(self, n_tokens: int) -> None:
         n_tokens = max(0, min(n_tokens, self._llm.n_tokens))
@@ -139,6 +173,9 @@ class LlamaCppBackend:
         pass
 
     def close(self) -> None:
+        batch, self._verify_batch = getattr(self, "_verify_batch", None), None
+        if batch is not None:
+            llama_cpp.llama_batch_free(batch)
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()

@@ -147,6 +147,23 @@ class MLXBackend:
             mx.clear_cache()
         return self._forward(x)
 
+    def verify(self, ids: Sequence[int]) -> mx.array:
+        """Extend the cache by ids in one forward pass; the logits at every position, (len(ids), vocab).
+
+        Speculative decoding trims what the target rejects, so a cache that cannot be
+        trimmed (``ArraysCache``, a rotating cache that has wrapped) refuses here.
+        """
+        from mlx_lm.models.cache import can_trim_prompt_cache
+
+        if not can_trim_prompt_cache(self.cache) or not _room_to_trim(self.cache, len(ids)):
+            raise ModelError(ROLLBACK_REFUSED)
+        self._steps += 1
+        if self._steps % CLEAR_EVERY == 0:
+            mx.clear_cache()
+        logits = self.model(mx.array([[int(i) for i in ids]]), cache=self.cache)[0]
+        mx.eval(logits)
+        return logits
+
     def _forward(self, x: mx.array) -> mx.array:
         return self.model(x, cache=self.cache)[0, -1]
 
@@ -242,6 +259,15 @@ class MLXBackend:
             mx.set_wired_limit(self._old_wired)
             self._old_wired = None
         mx.clear_cache()
+
+
+ROLLBACK_REFUSED = ("speculative decoding needs a KV cache that can roll back, and this model's MLX cache "
+                    "cannot (recurrent or sliding-window layers); run without --draft-model/--lookup")
+
+
+def _room_to_trim(cache, n: int) -> bool:
+    """A rotating (sliding-window) cache stays trimmable only until it wraps."""
+    return all(int(c.offset) + n <= int(getattr(c, "max_size", None) or 1 << 62) for c in cache)
 
 
 def _raise_wired_limit() -> int | None:

@@ -16,6 +16,7 @@ from mlxgen.config import load_config
 from mlxgen.errors import ConfigError, MlxgenError
 from mlxgen.hardware import Facts
 from mlxgen.loop import generate
+from mlxgen.sampling import SamplingParams, make_sampler
 
 FACTS = Facts("Linux", "x86_64", installed=frozenset({"mlx", "llama.cpp"}), gpu_offload=frozenset(), cpu_count=2)
 
@@ -73,12 +74,15 @@ def QUIET() -> dict:
 
 
 class FakeSession:
-    def __init__(self, backend) -> None:
+    def __init__(self, backend, speculation=None) -> None:
         self.backend, self.tokenizer, self.load_s, self.closed = backend, FakeTokenizer(), 0.5, 0
         self.cache = PromptCache(backend)
+        self.speculation = speculation
 
-    def generate(self, ids, ignore_eos=False, max_tokens=None, cached=0):
-        return generate(self.backend, ids, greedy, self.tokenizer.decode, max_tokens=max_tokens, cached=cached)
+    def generate(self, ids, ignore_eos=False, max_tokens=None, cached=0, speculate=False):
+        sample = make_sampler(SamplingParams(temperature=0)) if speculate else greedy
+        return generate(self.backend, ids, sample, self.tokenizer.decode, max_tokens=max_tokens, cached=cached,
+                        speculation=self.speculation if speculate else None)
 
     def close(self) -> None:
         self.closed += 1
@@ -309,3 +313,26 @@ def test_steady_rows_carry_no_marks(clock):
     md = bench_output.format_markdown(run(bench.Settings((32,), (8,), repetitions=4, warmup=0, vs_native=True),
                                           backends, clock))
     assert "⚠" not in md and "†" not in md and "busy" not in md
+
+
+def test_speculation_runs_beside_plain_decoding_with_its_counts():
+    from toy_lm import ToyLM
+
+    from mlxgen.speculative import Lookup, Speculation
+
+    toy = ToyLM(6, seed=1)
+    toy.describe, toy.peak_memory, toy.reset_peak_memory = (lambda: {"model": "toy"}), (lambda: None), (lambda: None)
+    toy.synchronize = lambda: None
+    spec = Speculation(Lookup(), 4)
+    settings = bench.Settings(n_prompt=(8,), n_gen=(32,), repetitions=2, warmup=1)
+    report = bench.run_bench(load_config(None, {"llm.n_ctx": 4096}), ["llama.cpp"], settings, FACTS,
+                             open_session=lambda cfg, choice: FakeSession(toy, spec), load=QUIET)
+    tg = bench.Test("tg", 32)
+    plain, fast = report.result("llama.cpp", "mlxgen", tg), report.result("llama.cpp", "speculative", tg)
+    assert plain and fast and len(fast.tps) == 2
+    assert fast.drafted > 0 and 0 < fast.accepted <= fast.drafted  # the timed runs only
+    assert fast.drafted < spec.drafted  # the warm-up drafted too
+    table = bench_output.format_markdown(report)
+    assert "spec/plain" in table and f"{fast.accepted}/{fast.drafted}" in table
+    rec = [r for r in bench_output.records(report) if r["loop"] == "speculative" and r["test"] == "tg32"][0]
+    assert rec["acceptance"] == pytest.approx(fast.accepted / fast.drafted)

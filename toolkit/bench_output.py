@@ -44,6 +44,7 @@ def rows(report: Report) -> list[dict]:
             "ours": ours,
             "native": native,
             "constrained": report.result(run.name, "constrained", test),
+            "spec": report.result(run.name, "speculative", test),
             "vs_base": ours.mean / first.mean if first else None,
         })
     return out
@@ -60,6 +61,9 @@ def format_markdown(report: Report) -> str:
     constrained = report.settings.constraint is not None
     if constrained:
         head += ["constrained t/s", "constrained/plain", "constraint µs/tok"]
+    spec = any(r.loop == "speculative" for r in report.results)
+    if spec:
+        head += ["speculative t/s", "spec/plain", "accepted"]
         align += ["---:", "---:", "---:"]
     if many:
         head.append(f"vs {report.backends[0].name}")
@@ -80,6 +84,8 @@ def format_markdown(report: Report) -> str:
             ratio, overhead = paired(con, ours) if con else (None, None)
             mark = " †" if con and (pairs_disagree(con, ours) or unstable(ours) or unstable(con)) else ""
             cells += [_ts(con, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if con else ["-", "-", "-"]
+        if spec:
+            cells += _spec_cells(ours, row["spec"], report)
         if many:
             cells.append("-" if row["vs_base"] is None else f"{row['vs_base']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
@@ -97,6 +103,16 @@ def format_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _spec_cells(plain: Result, spec: Result | None, report: Report) -> list[str]:
+    """Speculative t/s, its median interleaved ratio to plain decoding, and drafted tokens accepted."""
+    if spec is None:
+        return ["-", "-", "-"]
+    ratio, _ = paired(spec, plain)
+    mark = " †" if pairs_disagree(spec, plain) or unstable(spec) or unstable(plain) else ""
+    rate = f"{spec.accepted}/{spec.drafted} ({spec.acceptance:.0%})" if spec.drafted else "0/0"
+    return [_ts(spec, report), f"{ratio:.2f}×{mark}", rate]
+
+
 def _ts(result: Result, report: Report) -> str:
     short = len(result.tps) < report.settings.repetitions
     return (f"{result.mean:.2f} ± {result.stdev:.2f}" + (" ⚠" if unstable(result) else "")
@@ -111,8 +127,8 @@ def notes(report: Report) -> list[str]:
     if any(unstable(r) for r in report.results):
         out.append(f"⚠ runs spread more than {UNSTABLE_CV:.0%} (sd/mean): too noisy to trust; "
                    "rerun on a quiet machine or with more -r")
-    if report.settings.vs_native and any("†" in line for line in _ratio_marks(report)):
-        out.append(f"† not a verdict: the runs are noisy or the interleaved ours/native ratios disagree "
+    if any("†" in line for line in _ratio_marks(report)):
+        out.append(f"† not a verdict: the runs are noisy or the interleaved paired ratios disagree "
                    f"(interquartile spread above {PAIRS_DISAGREE:.0%})")
     con = report.environment.get("constraint")
     if con:
@@ -136,8 +152,8 @@ def notes(report: Report) -> list[str]:
 
 def _ratio_marks(report: Report) -> list[str]:
     return [
-        "†" for row in rows(report) if row["native"] and (
-            pairs_disagree(row["ours"], row["native"]) or unstable(row["ours"]) or unstable(row["native"]))
+        "†" for row in rows(report) for other in (row["native"], row["spec"]) if other and (
+            pairs_disagree(row["ours"], other) or unstable(row["ours"]) or unstable(other))
     ]
 
 
@@ -156,6 +172,7 @@ def footer(report: Report) -> str:
         f"mlxgen {env['mlxgen']}" + (f" ({libs})" if libs else "") + f" · {env['platform']}, {env['chip']}, "
         f"{env['cpus']} CPUs · trace seed {report.trace_seed}, {plural(s.repetitions, 'run')} after {s.warmup} warm-up, "
         "mean ± sd" + ("; ours/native and overhead: medians over interleaved pairs" if s.vs_native else "")
+        + (f"; speculative ({env['draft']}) vs plain: median over interleaved pairs" if env.get("draft") else "")
     )
 
 
@@ -179,6 +196,8 @@ def records(report: Report) -> list[dict]:
             "load_s": run.load_s, "reload_s": run.reload_s, "peak_rss_bytes": run.peak_rss_bytes,
             "rss_start_bytes": run.rss_start_bytes, "device_peak_bytes": run.device_peak_bytes,
             "interrupted": report.interrupted,
+            **({"drafted": r.drafted, "accepted": r.accepted, "acceptance": r.acceptance,
+                "draft": report.environment.get("draft")} if r.loop == "speculative" else {}),
         })
     return out
 

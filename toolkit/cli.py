@@ -145,6 +145,13 @@ def config_options(f):
                      config_key="llm.n_ctx"),
         click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
+        click.option("--draft-model", "draft", metavar="SOURCE",
+                     help="Speculative decoding with this draft model (same vocabulary, same backend; a source as --model)."),
+        click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4)."),
+        click.option("--lookup", type=int, metavar="N",
+                     help="Speculative decoding by prompt lookup: propose up to N tokens copied from the prompt and output."),
+        click.option("--adaptive-draft", is_flag=True, default=None,
+                     help="Grow the draft length while every draft is accepted, shrink it on a miss."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -190,6 +197,10 @@ def _overrides() -> dict[str, str]:
         "n_ctx": "llm.n_ctx",
         "n_threads": "llm.n_threads",
         "n_gpu_layers": "llm.n_gpu_layers",
+        "draft": "inference.draft",
+        "draft_tokens": "inference.draft_tokens",
+        "lookup": "inference.lookup",
+        "adaptive_draft": "inference.adaptive_draft",
     }
 
 
@@ -242,29 +253,10 @@ def resolve_config(options: dict[str, Any]):
 
 
 def model_source(value: str) -> dict[str, Any]:
-    """``--model``: the config keys for a GGUF file, a backend's own kind of source, or a Hub GGUF.
+    """``--model``'s config keys (``mlxgen.sources.model_source``; ``--draft-model`` takes the same)."""
+    from mlxgen.sources import model_source as keys
 
-    A registered backend may claim the value first (MLX: a model folder, or ``OWNER/REPO``
-    on the Hub, converted once). Otherwise ``OWNER/REPO/FILE.gguf`` that is not a local
-    path is a GGUF on the Hub, and anything else a GGUF path. Whatever source the config
-    named is replaced.
-    """
-    import re
-    from pathlib import Path
-
-    from mlxgen.backends import REGISTRY
-
-    keys: dict[str, Any] = {"llm.path": None, "llm.package": None, "llm.repo": None, "llm.mlx.repo": None,
-                            "llm.mlx.path": None}
-    for info in REGISTRY.values():
-        claimed = info.claim_source(value) if info.claim_source else None
-        if claimed:
-            what, found = claimed
-            return {**keys, **found, "backend": info.name, "what": what}
-    hub = re.fullmatch(r"([\w.-]+/[\w.-]+)/(.+\.gguf)", value)
-    if hub and not Path(value).expanduser().exists() and not value.startswith((".", "~")):
-        return {**keys, "llm.repo": hub[1], "llm.file": hub[2]}
-    return {**keys, "llm.path": value}
+    return keys(value)
 
 
 # ------------------------------------------------------------------------ run
@@ -521,6 +513,10 @@ def doctor(**options: Any) -> None:
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
 @constraint_options
+@click.option("--draft-model", "draft", metavar="SOURCE", help="Also run speculative decoding with this draft model.")
+@click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")
+@click.option("--lookup", type=int, metavar="N", help="Also run speculative decoding by prompt lookup (N tokens per step).")
+@click.option("--adaptive-draft", is_flag=True, default=None, help="Adaptive draft length.")
 def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
           output: str, plot: str | None, **options: Any) -> None:
     """llama-bench style pp/tg tests on one seeded token trace; table on stdout, progress on stderr.
@@ -530,6 +526,7 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     mlxgen bench --backend all --vs-native        every backend, each against its own library's loop
     mlxgen bench -p 128,512 -n 64 -d 0,2048 -o csv
     mlxgen bench -p 16 -n 128 --json-schema s.json   the constraint's cost: constrained/plain, interleaved
+    mlxgen bench --model target.gguf --draft-model draft.gguf   speculative vs plain, interleaved
     """
     from mlxgen import bench as benchmod
     from mlxgen import bench_output
@@ -609,6 +606,82 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
     path = getattr(module, backends.REGISTRY[name].converter)(source, Path(out) if out else None, int(bits),
                                                               int(group_size), revision)
     click.echo(str(path))
+
+
+# ---------------------------------------------------------------- serve, models
+
+
+@cli.command(short_help="An OpenAI-compatible server (chat, completions, models) on the shared loop.")
+@config_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--api-key", envvar="MLXGEN_API_KEY", help="Require Authorization: Bearer KEY (env MLXGEN_API_KEY).")
+@click.option("--max-queue", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Requests waiting for the model; beyond it: 503 with Retry-After.")
+@click.option("--max-body", default=1 << 20, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request body in bytes (413 beyond).")
+@click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a request's headers and body may take to arrive (408 beyond).")
+def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: int, read_timeout: float,
+          **options: Any) -> None:
+    """Serve the model over OpenAI's API: POST /v1/chat/completions, /v1/completions; GET /v1/models,
+    /health, and a chat page at /.
+
+    \b
+    One worker runs the model; requests queue in order and reuse the KV cache's common
+    prefix. Binds 127.0.0.1 unless --host says otherwise.
+    """
+    from mlxgen import serve as server_mod
+    from mlxgen import session
+
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    if not server_mod.is_loopback(host) and not api_key:
+        warn([f"--host {host} without --api-key: anyone who can reach this port can use the model"])
+    sess = session.open_session(cfg, session.plan(cfg, facts).choice)
+    warn(sess.warnings())
+    try:
+        server = server_mod.make_server(sess, host, port, api_key=api_key, max_queue=max_queue, max_body=max_body,
+                                        read_timeout=read_timeout)
+    except OSError as e:
+        sess.close()
+        raise MlxgenError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        server_mod.serve_forever(server, sess)
+    finally:
+        sess.close()
+
+
+@cli.group(invoke_without_command=True, short_help="The models in the local caches (and `models rm`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """The models on this machine: GGUFs in the Hugging Face cache, MLX conversions and imports, the embedded one."""
+    if ctx.invoked_subcommand:
+        return
+    from mlxgen import models as found
+
+    rows = found.scan()
+    if as_json:
+        click.echo(json.dumps([{"id": m.id, "kind": m.kind, "size": m.size, "path": str(m.path),
+                                "removable": m.removable} for m in rows]))
+        return
+    if not rows:
+        click.echo("no models in the local caches", err=True)
+        return
+    width = max(len(m.id) for m in rows)
+    for m in rows:
+        click.echo(f"{m.id:<{width}}  {m.kind:<16} {found.size_text(m.size):>10}  {m.path}")
+
+
+@models.command("rm", short_help="Delete a cached model.")
+@click.argument("name")
+def models_rm(name: str) -> None:
+    """Delete the cached model NAME (an id or a path from `mlxgen models`)."""
+    from mlxgen import models as found
+
+    m = found.remove(name)
+    click.echo(f"removed {m.id} ({found.size_text(m.size)}): {m.path}", err=True)
 
 
 def main() -> None:

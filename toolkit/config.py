@@ -128,13 +128,25 @@ class InferenceConfig(settings.SamplingFields):
     thinking: bool | None = None  # None: the template's default
     raw: bool = False  # no chat template at all
     constraint: ConstraintConfig = field(default_factory=ConstraintConfig)  # structured output
+    draft: str | None = None  # speculative decoding: a draft model (a source as --model takes it)
+    draft_tokens: int = 4  # tokens the draft model proposes per target pass
+    lookup: int | None = None  # speculative decoding by prompt lookup: tokens proposed per target pass
+    adaptive_draft: bool = False  # grow the draft length while everything is accepted, shrink on a miss
 
-    _aliases = {**settings.ALIASES, "stop_strings": "stop", "system": "system_prompt"}
+    _aliases = {**settings.ALIASES, "stop_strings": "stop", "system": "system_prompt", "draft_model": "draft"}
 
     def validate(self, key: str) -> None:
         settings.check(settings.values(self), f"{key}.")
         _check(all(self.stop), f"{key}.stop", list(self.stop), "non-empty strings")
         self.constraint.validate(f"{key}.constraint")
+        _check(self.draft is None or bool(self.draft.strip()), f"{key}.draft", self.draft, "a model source")
+        _check(0 < self.draft_tokens <= MAX_DRAFT, f"{key}.draft_tokens", self.draft_tokens,
+               f"a positive number of tokens up to {MAX_DRAFT}")
+        if self.lookup is not None:
+            _check(0 < self.lookup <= MAX_DRAFT, f"{key}.lookup", self.lookup,
+                   f"a positive number of tokens to propose per step, up to {MAX_DRAFT}")
+        if self.draft and self.lookup:
+            raise ConfigError(f"{key}.draft and {key}.lookup: give a draft model or prompt lookup, not both")
 
     def sampling(self):
         """The sampler's parameters: these settings."""
@@ -178,6 +190,7 @@ def backend_names() -> tuple[str, ...]:
     return ("auto", *REGISTRY)
 
 
+MAX_DRAFT = 16  # speculative decoding: draft tokens per target pass (mlxgen.speculative.MAX_DRAFT)
 MAX_CTX = 2**21  # 2M positions: beyond any released model; larger values only ran out of memory
 MAX_THREADS = 1024  # llama.cpp crashed (std::bad_alloc, SIGSEGV) on 100,000
 

@@ -39,6 +39,13 @@ class Stats:
     ttft_s: float | None = None  # prefill + first sample; None: no token came (Ctrl-C in the prefill)
     decode_s: float = 0.0  # first token to last token
     load_s: float | None = None  # filled in by the caller, which did the loading
+    drafted_tokens: int | None = None  # speculative decoding: tokens the drafter proposed (None: not speculative)
+    accepted_tokens: int | None = None  # of those, kept by the target
+    draft: str | None = None  # what drafted: "draft model", "lookup"
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
     @property
     def prefilled_tokens(self) -> int:
@@ -55,6 +62,12 @@ class Stats:
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else None
 
     def as_dict(self) -> dict:
+        spec = {} if self.drafted_tokens is None else {
+            "draft": self.draft,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "acceptance": self.acceptance,
+        }
         return {
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,
@@ -66,6 +79,7 @@ class Stats:
             "ttft_s": self.ttft_s,
             "decode_s": self.decode_s,
             "decode_tps": self.decode_tps,
+            **spec,
         }
 
 
@@ -77,6 +91,7 @@ class Done:
     stats: Stats
     stop_token: int | None = None  # the EOS id that ended generation
     trace: list[tuple[int, float]] = field(default_factory=list)  # (token, seconds) incl. EOS
+    from_draft: list[bool] = field(default_factory=list)  # speculative runs: per trace entry, proposed by the draft
 
 
 Event = Union[TokenEvent, Done]
@@ -161,6 +176,7 @@ def generate(
     prefill_chunk: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
     cached: int = 0,
+    speculation=None,
 ) -> Iterator[Event]:
     """Prefill, sample, stream; stop on EOS, a stop string, max_tokens or a full context.
 
@@ -168,6 +184,8 @@ def generate(
     trimmed it to that); at least one prompt token must be new.
     Ctrl-C (KeyboardInterrupt, raised inside or thrown in at a yield) ends the stream
     with reason ``interrupted`` and the text so far.
+    ``speculation`` (``mlxgen.speculative.Speculation``): draft tokens and verify them in
+    one pass (``speculative_stream``) instead of one step per token; the same output.
     """
     check_prompt(prompt, backend.n_ctx)
     if not 0 <= cached < len(prompt):
@@ -185,8 +203,16 @@ def generate(
     def prefilled() -> None:
         stats.prefill_s = clock() - t0
 
+    limit = min(max_tokens, room)
+    if speculation is None:
+        stream, spec = token_stream(backend, prompt, sample, limit, prefill_chunk, prefilled, cached), None
+    else:
+        from mlxgen.speculative import SpecStats, speculative_stream
+
+        spec = SpecStats()
+        stream = speculative_stream(backend, prompt, sample, limit, speculation, spec, prefill_chunk, prefilled, cached)
     try:
-        for tid in token_stream(backend, prompt, sample, min(max_tokens, room), prefill_chunk, prefilled, cached):
+        for tid in stream:
             now = clock() - t0
             if not trace:
                 stats.ttft_s = now
@@ -205,6 +231,8 @@ def generate(
             reason = "length" if len(tokens) >= max_tokens else "context"
     except KeyboardInterrupt:
         reason = "interrupted"
+    finally:
+        stream.close()  # a speculative stream rolls its cache back to the tokens handed out
     if reason != "stop":
         tail, hit = stopper.feed(detok.flush())
         tail += "" if hit else stopper.flush()
@@ -215,4 +243,8 @@ def generate(
     stats.generated_tokens = len(trace)
     if len(trace) > 1:
         stats.decode_s = trace[-1][1] - trace[0][1]
-    yield Done(reason, "".join(pieces), tokens, stats, stop_token, trace)
+    from_draft: list[bool] = []
+    if spec is not None:
+        stats.drafted_tokens, stats.accepted_tokens, stats.draft = spec.drafted, spec.accepted, speculation.drafter.name
+        from_draft = spec.from_draft[: len(trace)]
+    yield Done(reason, "".join(pieces), tokens, stats, stop_token, trace, from_draft)

@@ -124,7 +124,14 @@ def stats(sess, done: Done) -> None:
         f"generated {plural(s.generated_tokens, 'token')} · decode {_fmt(s.decode_tps, '.1f')} tok/s · "
         f"stop: {done.reason} · peak memory {peak_memory_mb():.0f} MB",
     ]
+    if s.drafted_tokens is not None:
+        lines.append(speculation_line(s))
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def speculation_line(s) -> str:
+    rate = f" ({s.acceptance:.0%})" if s.acceptance is not None else ""
+    return f"speculative ({s.draft}): {plural(s.drafted_tokens, 'token')} drafted · {s.accepted_tokens} accepted{rate}"
 
 
 def result_dict(sess, plan, done: Done, prompt_ids: list[int], logprobs: list[dict] | None = None) -> dict:
@@ -146,6 +153,7 @@ def result_dict(sess, plan, done: Done, prompt_ids: list[int], logprobs: list[di
         "reason": plan.choice.reason,
         "model": plan.model,
         "stats": {**done.stats.as_dict(), "peak_memory_mb": round(peak_memory_mb(), 1)},
+        **({"from_draft": done.from_draft[: len(done.tokens)]} if done.stats.drafted_tokens is not None else {}),
         **extra,
     }
 
@@ -156,6 +164,8 @@ def write_trace(path: str, sess, prompt_ids: list[int], done: Done, logprobs: li
     generated = [{"id": i, "text": tok.decode([i]), "t": round(t, 6)} for i, t in done.trace]
     for entry, lp in zip(generated, logprobs or ()):
         entry.update(logprob=lp["logprob"], top=lp["top"])
+    for entry, drafted in zip(generated, done.from_draft):  # speculative runs: proposed by the draft, kept
+        entry["draft"] = drafted
     data = {
         "backend": sess.backend.name,
         "prompt": [{"id": i, "text": tok.decode([i])} for i in prompt_ids],

