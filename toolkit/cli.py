@@ -158,6 +158,25 @@ def config_options(f):
     return f
 
 
+CONSTRAINT_FLAGS = {"json_schema": "inference.constraint.json_schema", "json_object": "inference.constraint.json_object",
+                    "regex": "inference.constraint.regex", "grammar": "inference.constraint.grammar"}
+
+
+def constraint_options(f):
+    """Structured output (``inference.constraint``). Not ``--json``: on run and chat that flag already
+    means "print JSON"; ``--json-object`` asks the model for JSON."""
+    options = [
+        click.option("--json-schema", "json_schema", metavar="FILE|JSON",
+                     help="Output must be JSON valid against this schema (a file or the schema itself)."),
+        click.option("--json-object", "json_object", is_flag=True, default=None, help="Output must be one JSON object."),
+        click.option("--regex", "regex", metavar="PATTERN", help="Output must match this regular expression."),
+        click.option("--grammar", "grammar", metavar="FILE", help="Output must follow this Lark grammar (llguidance's)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def prompt_options(f):
     """-p/--prompt and -f/--file, as llama-cli and mlx_lm take the prompt."""
     f = click.option("-f", "--file", "prompt_file", metavar="FILE", help="Read the prompt from FILE ('-' = stdin).")(f)
@@ -185,12 +204,37 @@ def _overrides() -> dict[str, str]:
     }
 
 
+def constraint_report(matcher, done) -> dict | None:
+    """What ``run --json`` says about the constraint: its kind and whether the output completes it."""
+    if matcher is None:
+        return None
+    g = matcher.grammar
+    return {"kind": g.spec.kind, "label": g.spec.label, "complete": matcher.complete, "check_ms": round(g.spec.check_ms, 3),
+            "compile_ms": round(g.compile_ms, 3), "tokenizer_ms": round(g.tokenizer_ms, 1)}
+
+
+def warn_incomplete(matcher, done) -> bool:
+    """One warning line when the output does not complete the constraint (never claimed valid)."""
+    if matcher is None or matcher.complete:
+        return False
+    why = {"length": "max_length was reached (raise -n)", "context": "the context is full",
+           "stop": "a stop string ended it", "interrupted": "it was interrupted"}.get(done.reason, done.reason)
+    click.echo(f"mlxgen: warning: the output is incomplete for {matcher.grammar.spec.label}: {why}", err=True)
+    return True
+
+
 def resolve_config(options: dict[str, Any]):
     from mlxgen.config import load_config
     from mlxgen.errors import ConfigError
 
     keys = _overrides()
     overrides = {keys[k]: v for k, v in options.items() if k in keys and v not in (None, ())}
+    flags = [k for k in CONSTRAINT_FLAGS if options.get(k) not in (None, False)]
+    if len(flags) > 1:
+        raise ConfigError(f"--{flags[0].replace('_', '-')} and --{flags[1].replace('_', '-')}: give one constraint")
+    if flags:  # a flag replaces whatever constraint the config names
+        overrides.update({key: None for key in CONSTRAINT_FLAGS.values()})
+        overrides[CONSTRAINT_FLAGS[flags[0]]] = options[flags[0]]
     if "stop" in options and options["stop"]:
         overrides["inference.stop"] = list(options["stop"])
     if options.get("model_path"):
@@ -221,6 +265,7 @@ def model_source(value: str) -> dict[str, Any]:
 @cli.command(short_help='Generate text for a prompt, streamed to stdout.')
 @click.argument("prompt", required=False)
 @config_options
+@constraint_options
 @click.option("--dry-run", is_flag=True, help="Print the resolved config, backend and sources; load nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @click.option("--trace", type=click.Path(dir_okay=False, writable=True), help="Write every token id, text and time as JSON.")
@@ -250,8 +295,10 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         text, ids = sess.prompt(message)
         if show_prompt:
             render.show_prompt(sess, text, ids)
-        recorder = logprob_recorder(sess, logprobs) if logprobs else None
-        events = sess.generate(ids, sample=recorder)
+        sample = sess.sampler()
+        matcher = sample.constraints[0] if sample.constraints else None  # the session's constraint, if any
+        recorder = logprob_recorder(sess, logprobs, sample) if logprobs else None
+        events = sess.generate(ids, sample=recorder or sample)
         done = render.stream(events, echo=not as_json, end="exact")
     finally:
         sess.close()
@@ -260,11 +307,20 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
     if trace:
         render.write_trace(trace, sess, ids, done, top)
     if as_json:
-        click.echo(json.dumps(render.result_dict(sess, plan, done, ids, top), ensure_ascii=False))
+        result = render.result_dict(sess, plan, done, ids, top)
+        if matcher is not None:
+            result["constraint"] = constraint_report(matcher, done)
+        click.echo(json.dumps(result, ensure_ascii=False))
     elif not quiet:
         render.stats(sess, done)
+    incomplete = warn_incomplete(matcher, done)
     if done.reason == "interrupted":
         sys.exit(130)
+    if incomplete:
+        sys.exit(INCOMPLETE_EXIT)
+
+
+INCOMPLETE_EXIT = 3  # the text was printed, but it does not complete the constraint (never claimed valid)
 
 
 def warn(lines: list[str], quiet: bool = False) -> None:
@@ -300,12 +356,12 @@ def read_prompt(prompt: str | None, options: dict[str, Any] | None = None) -> st
     return prompt
 
 
-def logprob_recorder(sess, k: int):
+def logprob_recorder(sess, k: int, sample=None):
     from mlxgen.logits import LogprobRecorder
 
     if k > sess.backend.vocab_size:
         raise MlxgenError(f"--logprobs {k}: the vocabulary has only {sess.backend.vocab_size} tokens")
-    return LogprobRecorder(sess.sampler(), k, sess.ops)
+    return LogprobRecorder(sample or sess.sampler(), k, sess.ops)
 
 
 # ------------------------------------------------------- chat, tokens, logits
@@ -313,6 +369,7 @@ def logprob_recorder(sess, k: int):
 
 @cli.command(short_help='Talk with the model; the KV cache is reused between turns.')
 @config_options
+@constraint_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per answer on stdout instead of streamed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No banner and no per-turn stats on stderr.")
 def chat(as_json: bool, quiet: bool, **options: Any) -> None:
@@ -378,6 +435,7 @@ def tokens(text: str | None, path: str | None, show: bool, templated: bool, erro
 @cli.command(short_help='One prefill: the next-token distribution and what sampling keeps.')
 @click.argument("prompt", required=False)
 @config_options
+@constraint_options
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the table.")
 @click.option("--json", "as_json", is_flag=True, help="The same data as one JSON object.")
 @prompt_options
@@ -388,6 +446,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
     from mlxgen import logits as logmod
     from mlxgen import session
     from mlxgen.loop import check_prompt, prefill
+    from mlxgen.sampling import NUMPY
 
     message = read_prompt(prompt, options)
     sess = session.open_session(cfg, session.plan(cfg, facts).choice)
@@ -397,7 +456,8 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
         values = logmod.to_numpy(prefill(sess.backend, ids), sess.ops)
     finally:
         sess.close()
-    data = logmod.inspect(values, session.sampling_params(cfg), ids, sess.tokenizer, top, sess.processors)
+    chain = sess.run_processors(ops=NUMPY)  # the values are numpy here, whatever the backend
+    data = logmod.inspect(values, session.sampling_params(cfg), ids, sess.tokenizer, top, chain)
     data.update(prompt_tokens=len(ids), backend=sess.backend.name, template=sess.template.origin)
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False))
@@ -452,6 +512,7 @@ def doctor(**options: Any) -> None:
 @click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
+@constraint_options
 @click.option("--draft-model", "draft", metavar="SOURCE", help="Also run speculative decoding with this draft model.")
 @click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")
 @click.option("--lookup", type=int, metavar="N", help="Also run speculative decoding by prompt lookup (N tokens per step).")
@@ -464,6 +525,7 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     mlxgen bench                                  pp512 + tg128 on the detected backend
     mlxgen bench --backend all --vs-native        every backend, each against its own library's loop
     mlxgen bench -p 128,512 -n 64 -d 0,2048 -o csv
+    mlxgen bench -p 16 -n 128 --json-schema s.json   the constraint's cost: constrained/plain, interleaved
     mlxgen bench --model target.gguf --draft-model draft.gguf   speculative vs plain, interleaved
     """
     from mlxgen import bench as benchmod
@@ -484,6 +546,12 @@ def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, 
     if everything:
         options["backend"] = "auto"
     cfg = resolve_config(options)
+    if cfg.inference.constraint.active:
+        import dataclasses
+
+        from mlxgen import constraint
+
+        settings = dataclasses.replace(settings, constraint=constraint.from_config(cfg.inference.constraint))
     facts = probe_hardware()
     from mlxgen import backends, hardware
 
@@ -538,6 +606,82 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
     path = getattr(module, backends.REGISTRY[name].converter)(source, Path(out) if out else None, int(bits),
                                                               int(group_size), revision)
     click.echo(str(path))
+
+
+# ---------------------------------------------------------------- serve, models
+
+
+@cli.command(short_help="An OpenAI-compatible server (chat, completions, models) on the shared loop.")
+@config_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--api-key", envvar="MLXGEN_API_KEY", help="Require Authorization: Bearer KEY (env MLXGEN_API_KEY).")
+@click.option("--max-queue", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Requests waiting for the model; beyond it: 503 with Retry-After.")
+@click.option("--max-body", default=1 << 20, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request body in bytes (413 beyond).")
+@click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a request's headers and body may take to arrive (408 beyond).")
+def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: int, read_timeout: float,
+          **options: Any) -> None:
+    """Serve the model over OpenAI's API: POST /v1/chat/completions, /v1/completions; GET /v1/models,
+    /health, and a chat page at /.
+
+    \b
+    One worker runs the model; requests queue in order and reuse the KV cache's common
+    prefix. Binds 127.0.0.1 unless --host says otherwise.
+    """
+    from mlxgen import serve as server_mod
+    from mlxgen import session
+
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    if not server_mod.is_loopback(host) and not api_key:
+        warn([f"--host {host} without --api-key: anyone who can reach this port can use the model"])
+    sess = session.open_session(cfg, session.plan(cfg, facts).choice)
+    warn(sess.warnings())
+    try:
+        server = server_mod.make_server(sess, host, port, api_key=api_key, max_queue=max_queue, max_body=max_body,
+                                        read_timeout=read_timeout)
+    except OSError as e:
+        sess.close()
+        raise MlxgenError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        server_mod.serve_forever(server, sess)
+    finally:
+        sess.close()
+
+
+@cli.group(invoke_without_command=True, short_help="The models in the local caches (and `models rm`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """The models on this machine: GGUFs in the Hugging Face cache, MLX conversions and imports, the embedded one."""
+    if ctx.invoked_subcommand:
+        return
+    from mlxgen import models as found
+
+    rows = found.scan()
+    if as_json:
+        click.echo(json.dumps([{"id": m.id, "kind": m.kind, "size": m.size, "path": str(m.path),
+                                "removable": m.removable} for m in rows]))
+        return
+    if not rows:
+        click.echo("no models in the local caches", err=True)
+        return
+    width = max(len(m.id) for m in rows)
+    for m in rows:
+        click.echo(f"{m.id:<{width}}  {m.kind:<16} {found.size_text(m.size):>10}  {m.path}")
+
+
+@models.command("rm", short_help="Delete a cached model.")
+@click.argument("name")
+def models_rm(name: str) -> None:
+    """Delete the cached model NAME (an id or a path from `mlxgen models`)."""
+    from mlxgen import models as found
+
+    m = found.remove(name)
+    click.echo(f"removed {m.id} ({found.size_text(m.size)}): {m.path}", err=True)
 
 
 def main() -> None:

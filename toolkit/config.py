@@ -92,6 +92,34 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class ConstraintConfig:
+    """``inference.constraint``: at most one of these (``mlxgen.constraint`` reads and checks it).
+
+    ``json_schema``: a file, JSON text, or the schema written as a YAML mapping;
+    ``json_object``: any JSON object; ``regex``: a pattern the whole output matches;
+    ``grammar``: a Lark grammar (file or text), as llguidance reads it.
+    """
+
+    json_schema: Any = None
+    json_object: bool = False
+    regex: str | None = None
+    grammar: str | None = None
+
+    def validate(self, key: str) -> None:
+        if self.json_schema is not None:
+            _check(isinstance(self.json_schema, (str, dict)), f"{key}.json_schema", self.json_schema,
+                   "a file, JSON text or a mapping")
+        given = [k for k in ("json_schema", "json_object", "regex", "grammar") if getattr(self, k) not in (None, False)]
+        if len(given) > 1:
+            raise ConfigError(f"{key}: give one of json_schema, json_object, regex, grammar, not both {given[0]} "
+                              f"and {given[1]}")
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, k) not in (None, False) for k in ("json_schema", "json_object", "regex", "grammar"))
+
+
+@dataclass(frozen=True)
 class InferenceConfig(settings.SamplingFields):
     """``inference``: the sampling settings (``mlxgen.settings.TABLE``), then these."""
 
@@ -99,6 +127,7 @@ class InferenceConfig(settings.SamplingFields):
     system_prompt: str | None = None
     thinking: bool | None = None  # None: the template's default
     raw: bool = False  # no chat template at all
+    constraint: ConstraintConfig = field(default_factory=ConstraintConfig)  # structured output
     draft: str | None = None  # speculative decoding: a draft model (a source as --model takes it)
     draft_tokens: int = 4  # tokens the draft model proposes per target pass
     lookup: int | None = None  # speculative decoding by prompt lookup: tokens proposed per target pass
@@ -109,6 +138,7 @@ class InferenceConfig(settings.SamplingFields):
     def validate(self, key: str) -> None:
         settings.check(settings.values(self), f"{key}.")
         _check(all(self.stop), f"{key}.stop", list(self.stop), "non-empty strings")
+        self.constraint.validate(f"{key}.constraint")
         _check(self.draft is None or bool(self.draft.strip()), f"{key}.draft", self.draft, "a model source")
         _check(0 < self.draft_tokens <= MAX_DRAFT, f"{key}.draft_tokens", self.draft_tokens,
                f"a positive number of tokens up to {MAX_DRAFT}")
@@ -416,6 +446,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, key)
+    if tp is Any:  # checked by the section's validate()
+        return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is tuple:  # tuple[str, ...]: one string or a list of them

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlxgen import settings
-from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_processors, min_p, top_k, top_p
+from mlxgen.sampling import (NUMPY, Processor, SamplingParams, acceptor, constraints, make_processors, min_p, top_k,
+                             top_p)
 from mlxgen.tokens import token_text
 
 OFF = {s.name: s.off for s in settings.TABLE if s.off is not None}  # the value that turns each filter off
@@ -99,7 +100,7 @@ def inspect(logits: np.ndarray, params: SamplingParams, history: Sequence[int], 
         }
         for name, mask in view.kept.items()
     }
-    return {
+    data = {
         "vocab_size": int(logits.shape[-1]),
         "prob_sum": float(probs.astype(np.float64).sum()),
         "temperature": params.temperature,
@@ -108,6 +109,12 @@ def inspect(logits: np.ndarray, params: SamplingParams, history: Sequence[int], 
         "candidates": int(np.count_nonzero(view.final)),
         "top": rows,
     }
+    if constraints(processors):  # what the grammar allows next: every id it did not mask to -inf
+        allowed = np.flatnonzero(np.isfinite(view.scaled))
+        by_prob = allowed[np.argsort(-probs[allowed], kind="stable")]
+        data["constraint"] = {"allowed": {"count": int(allowed.size), "tokens": [tok.decode([int(i)]) for i in by_prob[:n]],
+                                          "mass": float(probs[allowed].astype(np.float64).sum())}}
+    return data
 
 
 def processor_name(processor: Any) -> str:
@@ -127,6 +134,11 @@ def table(data: dict, tok) -> str:
         )
     if data.get("processors"):
         lines.append("processors (before temperature and filters): " + " → ".join(data["processors"]))
+    if data.get("constraint"):
+        a = data["constraint"]["allowed"]
+        shown = " ".join(repr(t) for t in a["tokens"])
+        lines.append(f"the constraint allows {a['count']} of {data['vocab_size']} tokens next "
+                     f"({a['mass']:.1%} of the model's probability): {shown}")
     lines.append(settings_line(data))
     return "\n".join(lines)
 
@@ -156,6 +168,8 @@ class LogprobRecorder:
     def __init__(self, sample, k: int, ops: Any = NUMPY) -> None:
         self.sample, self.k, self.ops = sample, k, ops
         self.needs_history = getattr(sample, "needs_history", True)
+        self.constraints = getattr(sample, "constraints", ())
+        self.accept, self.rollback = acceptor(sample), getattr(sample, "rollback", None)
         self.records: list[tuple[int, float, list[tuple[int, float]]]] = []
 
     def __call__(self, history: Sequence[int], logits: Any):

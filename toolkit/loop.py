@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence, Union
 from mlxgen.backends.base import Backend, Extend, Pipelined
 from mlxgen.backends.base import prefill_chunk as backend_chunk
 from mlxgen.errors import PromptError
+from mlxgen.sampling import acceptor, hears_tokens
 from mlxgen.streaming import IncrementalDecoder, StopMatcher
 
 Sampler = Callable[[Sequence[int], object], object]  # (history, logits) -> token (int or lazy scalar)
@@ -125,23 +126,32 @@ def token_stream(
     (a chat's earlier turns, a bench depth); only the rest is prefilled.
     A ``Pipelined`` backend (MLX) gets the next step queued before the current token
     is handed out, so the device works while Python streams text, unless the sampler
-    needs the history (a processor reads it).
+    needs the history (a processor reads it). Every drawn token is given to the
+    sampler's ``accept`` (its constraints) before the next draw; with constraints the
+    next *step* is still queued first, and only its sampling waits for the token, so
+    the constraint's mask is computed while the device runs the step.
     """
     history = list(prompt)
+    accept, constrained = acceptor(sample), hears_tokens(sample)
     token = sample(history, prefill(backend, prompt, cached, prefill_chunk))
     if on_prefilled:
         on_prefilled()
     lookahead = isinstance(backend, Pipelined) and not getattr(sample, "needs_history", True)
     for n in range(1, limit + 1):
         if lookahead and n < limit:
-            queued = sample(history, backend.step(token))
-            backend.schedule(queued)
+            logits = backend.step(token)
+            queued = None if constrained else sample(history, logits)
+            backend.schedule(logits if constrained else queued)
         tid = int(token)
+        accept(tid)
         history.append(tid)
         yield tid
         if n == limit:
             return
-        token = queued if lookahead else sample(history, backend.step(tid))
+        if not lookahead:
+            token = sample(history, backend.step(tid))
+        else:
+            token = sample(history, logits) if constrained else queued
 
 
 def check_prompt(prompt: Sequence[int], n_ctx: int) -> None:

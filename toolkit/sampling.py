@@ -1,6 +1,7 @@
 """Sampling: small pure functions, composed once per run.
 
-    processors (history, logits) -> logits     repetition penalty
+    processors (history, logits) -> logits     repetition penalty; constraints (grammar, JSON
+                                                schema) also hear each drawn token: ``Constraint``
     temperature                                 0 means argmax
     filters    logits -> logits                 top-k, top-p, min-p (masking with -inf)
     draw       logits, u -> token               inverse CDF in vocabulary order
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -40,6 +41,32 @@ class Processor(Protocol):
 
 def needs_history(processor: Any) -> bool:
     return bool(getattr(processor, "needs_history", True))
+
+
+@runtime_checkable
+class Constraint(Protocol):
+    """A processor that must hear every token drawn after it masked (a grammar, a JSON schema).
+
+    ``__call__(history, logits)`` masks what the constraint forbids at the next position;
+    ``accept(token)`` is told the token the sampler drew there (the loop calls it, through
+    the sampler's own ``accept``, once per drawn token, the EOS included);
+    ``rollback(n)`` forgets the last ``n`` accepted tokens (speculative decoding rejects
+    drafts). A constraint reads no history (``needs_history = False``): on MLX the loop
+    still queues step n+1 before token n reaches Python, and computes the mask for n+1
+    while the device runs it (``mlxgen.loop.token_stream``).
+    """
+
+    needs_history: bool
+
+    def __call__(self, history: Sequence[int], logits: Logits) -> Logits: ...
+
+    def accept(self, token: int) -> None: ...
+
+    def rollback(self, n: int) -> None: ...
+
+
+def constraints(processors: Iterable[Any]) -> tuple[Constraint, ...]:
+    return tuple(p for p in processors if isinstance(p, Constraint))
 
 
 MIN_TEMPERATURE = 1e-6  # below this, logits / temperature overflows float32: use 0 (greedy)
@@ -194,6 +221,16 @@ def make_sampler(
             return ops.argmax(logits)
         return draw(filtered(logits, params, ops), 1.0 - rng.random(), ops)
 
+    listeners = constraints(chain)
+
+    def accept(token: int) -> None:
+        for c in listeners:
+            c.accept(token)
+
+    def rollback(n: int) -> None:
+        for c in listeners:
+            c.rollback(n)
+
     def probs(history: Sequence[int], logits: Logits) -> Logits:
         """The distribution ``sample`` draws from: processors, temperature, filters, softmax (not greedy)."""
         if params.greedy:
@@ -204,4 +241,20 @@ def make_sampler(
     sample.params, sample.rng, sample.ops = params, rng, ops
     sample.processors = tuple(chain)
     sample.needs_history = any(needs_history(p) for p in chain)  # False: the loop may run one step ahead (MLX)
+    sample.constraints = listeners  # non-empty: the loop must call accept(token) before the next sample
+    sample.accept, sample.rollback = accept, rollback
     return sample
+
+
+def _ignore(token: int) -> None:
+    pass
+
+
+def acceptor(sample: Any) -> Callable[[int], None]:
+    """What the loop calls with each drawn token: the sampler's ``accept`` (a no-op for a bare function)."""
+    return getattr(sample, "accept", None) or _ignore
+
+
+def hears_tokens(sample: Any) -> bool:
+    """The sampler has constraints: the next draw needs the last token accepted first."""
+    return bool(getattr(sample, "constraints", ()))

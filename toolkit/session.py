@@ -10,12 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from mlxgen import backends, chat, hardware, sources
+from mlxgen import backends, chat, constraint, hardware, sources
 from mlxgen.backends.base import Backend, Pipelined
 from mlxgen.config import Config
+from mlxgen.constraint import Grammar
 from mlxgen.loop import Done, Event, generate
 from mlxgen.prompt_cache import PromptCache
-from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_sampler
+from mlxgen.sampling import NUMPY, Processor, SamplingParams, hears_tokens, make_sampler
 from mlxgen.tokenizer import Tokenizer
 
 
@@ -50,6 +51,7 @@ class Session:
     template: chat.PromptSpec
     load_s: float
     processors: tuple[Processor, ...] = ()  # logits processors every run of this session applies
+    constraint: "Grammar | None" = None  # inference.constraint bound to the model: a fresh matcher per run
     speculation: Any = None  # mlxgen.speculative.Speculation: a drafter (--draft-model, --lookup), else None
     cache: PromptCache = field(init=False)
 
@@ -71,8 +73,15 @@ class Session:
 
         ``processors``: the caller's own logits processors, after the settings' and the session's.
         """
-        chain = (*self.processors, *processors)
-        return make_sampler(params or sampling_params(self.cfg), ops=self.ops, processors=chain)
+        return make_sampler(params or sampling_params(self.cfg), ops=self.ops, processors=self.run_processors(processors))
+
+    def run_processors(self, processors: Sequence[Processor] = (), ops=None) -> tuple[Processor, ...]:
+        """A run's processors: the session's, a fresh matcher of its constraint, then ``processors``.
+
+        ``ops``: the arrays the matcher masks (the backend's own by default; numpy for `mlxgen logits`).
+        """
+        matcher = (self.constraint.matcher(ops or self.ops),) if self.constraint else ()
+        return (*self.processors, *matcher, *processors)
 
     def generate(
         self,
@@ -92,6 +101,7 @@ class Session:
         ``speculate``: False runs plain decoding even when the session has a drafter (bench).
         """
         sample = sample or self.sampler(processors=processors)
+        speculate = speculate and not hears_tokens(sample)  # the speculative stream does not roll constraints back
         return generate(
             self.backend,
             ids,
@@ -133,6 +143,8 @@ class Session:
                 "enable_thinking" not in spec.template and not spec.think_token)):
             why = "--raw has no template" if spec.template is None else "the model has no thinking switch"
             out.append(f"--{'think' if inf.thinking else 'no-think'} does nothing: {why}")
+        if self.speculation is not None and self.constraint is not None:
+            out.append("speculative decoding is off while a constraint is on (it cannot roll a grammar back yet)")
         layers = self.cfg.llm.n_gpu_layers
         if layers and not self.choice.gpu:
             out.append(f"--gpu-layers {layers} does nothing: {self.choice.backend} runs on the CPU here")
@@ -147,6 +159,7 @@ class Session:
 def open_session(cfg: Config, choice: hardware.Choice) -> Session:
     info, module = backends.REGISTRY[choice.backend], backends.load_module(choice.backend)
     t0 = time.perf_counter()
+    spec = constraint.from_config(cfg.inference.constraint)  # a bad schema fails before anything loads
     weights = module.prepare(cfg)
     tokenizer = info.open_tokenizer(cfg, weights)
     eos_ids = tokenizer.resolve_eos(cfg.tokenizer.eos_token)  # fails before the model loads
@@ -157,8 +170,15 @@ def open_session(cfg: Config, choice: hardware.Choice) -> Session:
         backend.close()
         raise
     load_s = time.perf_counter() - t0
-    return Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s,
+    sess = Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s,
                    speculation=speculation)
+    if spec is not None:
+        try:
+            sess.constraint = constraint.bind(spec, tokenizer, backend.vocab_size, eos_ids)
+        except BaseException:
+            sess.close()
+            raise
+    return sess
 
 
 def open_speculation(cfg: Config, choice: hardware.Choice, backend: Backend, tokenizer: Tokenizer):

