@@ -254,6 +254,11 @@ def speculative_stream(
     """``loop.token_stream``'s contract (up to ``limit`` ids, the same cache state between
     tokens), with drafted tokens checked ``spec.tokens`` at a time."""
     check(backend)
+    from mlxgen.sampling import hears_tokens
+
+    if hears_tokens(sample):  # constraints keep state; the drafter would walk it past the accepted tokens
+        raise ModelError("speculative decoding does not run with constraints (--json-schema, --regex, --grammar) yet; "
+                         "run without --draft-model/--lookup")
     history = list(prompt)
     first = int(sample(history, prefill(backend, prompt, cached, prefill_chunk)))
     if on_prefilled:
