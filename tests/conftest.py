@@ -9,6 +9,7 @@ make a *scripted* token sequence come out under greedy sampling.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -20,6 +21,11 @@ from mlxgen.loop import Done, TokenEvent
 from mlxgen.sampling import NUMPY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # shared helpers: gguf_writer
+
+# The interrupt tests send SIGINT to mlxgen subprocesses. A test run started in the
+# background of a script inherits SIGINT *ignored*, and so would every child (Python then
+# never raises KeyboardInterrupt). A handler here is reset to the default in each child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ----------------------------------------------------------------------------- tokenizer
