@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from toy_lm import ToyLM, chi_square  # noqa: E402
+from toy_lm import ToyLM, chi_square, exact_distribution  # noqa: E402
 
 from mlxgen.sampling import SamplingParams, make_sampler  # noqa: E402
 from mlxgen.speculative import DraftModel, Lookup, SpecStats, Speculation, speculative_stream  # noqa: E402
@@ -36,20 +36,7 @@ SETTINGS = {
 
 
 def exact(target: ToyLM, prompt, p: SamplingParams, n: int) -> dict:
-    probs = make_sampler(p).probs
-    out = {}
-    for seq in itertools.product(range(target.vocab_size), repeat=n):
-        target.trim(0)
-        logits, total, history = target.prefill(prompt), 1.0, list(prompt)
-        for tid in seq:
-            total *= float(np.asarray(probs(history, logits))[tid])
-            if total == 0:
-                break
-            history.append(tid)
-            logits = target.step(tid)
-        if total > 0:
-            out[seq] = total
-    return out
+    return exact_distribution(target, prompt, make_sampler(p).probs, n)
 
 
 def sample_runs(target, prompt, p, spec, runs, n, seed):

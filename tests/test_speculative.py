@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeBackend, FakeTokenizer, run
+import toy_lm
 from toy_lm import ToyLM, chi_square
 from mlxgen.errors import ModelError
 from mlxgen.loop import generate
@@ -103,21 +104,7 @@ def test_lookup_proposes_what_followed_the_latest_match():
 
 def exact_distribution(target: ToyLM, prompt, p: SamplingParams, n: int = 3) -> dict:
     """P(first n tokens) under plain sampling, from the sampler's own distribution."""
-    probs = make_sampler(p).probs
-    out = {}
-    for seq in itertools.product(range(target.vocab_size), repeat=n):
-        target.trim(0)
-        logits = target.prefill(prompt)
-        total, history = 1.0, list(prompt)
-        for tid in seq:
-            total *= float(np.asarray(probs(history, logits))[tid])
-            if total == 0:
-                break
-            history.append(tid)
-            logits = target.step(tid)
-        if total > 0:
-            out[seq] = total
-    return out
+    return toy_lm.exact_distribution(target, prompt, make_sampler(p).probs, n)
 
 
 def empirical(target: ToyLM, prompt, p: SamplingParams, drafter_fn, runs: int, seed: int) -> dict:

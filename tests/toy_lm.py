@@ -8,6 +8,7 @@ with nearby seeds/``mix`` make a target and a draft that mostly agree.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -118,3 +119,21 @@ def chi_square(counts: dict, expected: dict, n: int, min_expected: float = 5.0) 
     elif stray:
         return math.inf, cells - 1, 0.0
     return stat, cells - 1, chi2_sf(stat, cells - 1)
+
+
+def exact_distribution(target: ToyLM, prompt, probs, n: int = 3) -> dict:
+    """P(first n tokens) under plain sampling: ``probs(history, logits)`` (a sampler's own
+    distribution) multiplied along every sequence of n tokens the target can give."""
+    out = {}
+    for seq in itertools.product(range(target.vocab_size), repeat=n):
+        target.trim(0)
+        logits, total, history = target.prefill(prompt), 1.0, list(prompt)
+        for tid in seq:
+            total *= float(np.asarray(probs(history, logits))[tid])
+            if total == 0:
+                break
+            history.append(tid)
+            logits = target.step(tid)
+        if total > 0:
+            out[seq] = total
+    return out
