@@ -151,6 +151,11 @@ def pairs_disagree(ours: Result, native: Result) -> bool:
     return (q3 - q1) / mid > PAIRS_DISAGREE
 
 
+def untrusted(a: Result, b: Result) -> bool:
+    """A ratio of a to b that is no verdict: either side's runs are noisy or their pairs disagree (†)."""
+    return pairs_disagree(a, b) or unstable(a) or unstable(b)
+
+
 @dataclass
 class BackendRun:
     name: str

@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import statistics
 
-from mlxgen.bench import BackendRun, Report, Result, paired, pairs_disagree, unstable
+from mlxgen.bench import BackendRun, Report, Result, paired, unstable, untrusted
 from mlxgen.errors import MlxgenError
 from mlxgen.render import plural
 
@@ -77,12 +77,12 @@ def format_markdown(report: Report) -> str:
         ]
         if native:
             ratio, overhead = paired(ours, nat) if nat else (None, None)
-            mark = " †" if nat and (pairs_disagree(ours, nat) or unstable(ours) or unstable(nat)) else ""
+            mark = " †" if nat and untrusted(ours, nat) else ""
             cells += [_ts(nat, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if nat else ["-", "-", "-"]
         if constrained:
             con = row["constrained"]
             ratio, overhead = paired(con, ours) if con else (None, None)
-            mark = " †" if con and (pairs_disagree(con, ours) or unstable(ours) or unstable(con)) else ""
+            mark = " †" if con and untrusted(con, ours) else ""
             cells += [_ts(con, report), f"{ratio:.3f}{mark}", f"{overhead:+.1f}"] if con else ["-", "-", "-"]
         if spec:
             cells += _spec_cells(ours, row["spec"], report)
@@ -108,7 +108,7 @@ def _spec_cells(plain: Result, spec: Result | None, report: Report) -> list[str]
     if spec is None:
         return ["-", "-", "-"]
     ratio, _ = paired(spec, plain)
-    mark = " †" if pairs_disagree(spec, plain) or unstable(spec) or unstable(plain) else ""
+    mark = " †" if untrusted(spec, plain) else ""
     rate = f"{spec.accepted}/{spec.drafted} ({spec.acceptance:.0%})" if spec.drafted else "0/0"
     return [_ts(spec, report), f"{ratio:.2f}×{mark}", rate]
 
@@ -127,7 +127,7 @@ def notes(report: Report) -> list[str]:
     if any(unstable(r) for r in report.results):
         out.append(f"⚠ runs spread more than {UNSTABLE_CV:.0%} (sd/mean): too noisy to trust; "
                    "rerun on a quiet machine or with more -r")
-    if any("†" in line for line in _ratio_marks(report)):
+    if any(other and untrusted(row["ours"], other) for row in rows(report) for other in (row["native"], row["spec"])):
         out.append(f"† not a verdict: the runs are noisy or the interleaved paired ratios disagree "
                    f"(interquartile spread above {PAIRS_DISAGREE:.0%})")
     con = report.environment.get("constraint")
@@ -138,7 +138,7 @@ def notes(report: Report) -> list[str]:
                    f"{con.get('compile_ms', 0):.1f} ms (its tokenizer built once in {con.get('tokenizer_ms', 0):.0f} ms)"
                    f"{open_part}; constrained/plain and µs/tok: medians over interleaved pairs")
     if report.settings.constraint is not None and any(
-            row["constrained"] and (pairs_disagree(row["constrained"], row["ours"]) or unstable(row["constrained"]))
+            row["constrained"] and untrusted(row["constrained"], row["ours"])
             for row in rows(report)):
         out.append("† constrained/plain not a verdict: noisy runs or disagreeing pairs")
     load = report.environment.get("load") or {}
@@ -148,13 +148,6 @@ def notes(report: Report) -> list[str]:
                    f"on {load['cpus']} CPUs" + (f", steal {steal:.1%}" if steal else "") + "): numbers may be low "
                    "and ratios unreliable")
     return out
-
-
-def _ratio_marks(report: Report) -> list[str]:
-    return [
-        "†" for row in rows(report) for other in (row["native"], row["spec"]) if other and (
-            pairs_disagree(row["ours"], other) or unstable(row["ours"]) or unstable(other))
-    ]
 
 
 def _rss_note(run: BackendRun) -> str:
