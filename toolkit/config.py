@@ -73,6 +73,7 @@ class LLMConfig:
     n_ctx: int = 4096
     n_threads: int | None = None  # None: one per available core
     n_gpu_layers: int | None = None  # None: decided by hardware detection
+    prompt_cache_dir: str | None = None  # saved prompt caches by prefix (mlxgen.prompt_file.auto)
     mlx: MLXSource = field(default_factory=MLXSource)
 
     _aliases = {"revision": "branch"}
