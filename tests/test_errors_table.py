@@ -344,7 +344,7 @@ def _triggers():
                                                "--threads", "1")
     T["trace-folder"] = lambda w, mp: cli("run", "hi", "--trace", str(w / "no" / "t.json"))
     T["trace-write"] = lambda w, mp: trace_write_error(w)
-    T["prompt-cache-write"] = lambda w, mp: [cli("cache-prompt", "hi", "-o", str(w / "no" / "p.mlxcache")),
+    T["prompt-cache-write"] = lambda w, mp: [cli("cache-prompt", "hi", "-o", str(w / "no" / "p.mlxcache"))[0],
                                               prompt_cache_readonly(w)]
     T["prompt-cache-missing"] = lambda w, mp: cli("run", "hi", "--prompt-cache", str(w / "none.mlxcache"))
     T["prompt-cache-read"] = lambda w, mp: cli("run", "hi", "--prompt-cache", str(w))

@@ -146,8 +146,15 @@ def load(path: str | os.PathLike, sess) -> tuple[int, float, int]:
     :class:`PromptCacheError`.
     """
     who = identity(sess)
+    try:
+        return _load(Path(path), sess, who)
+    except Refused:
+        sess.cache.reset()
+        raise
+
+
+def _load(path: Path, sess, who: dict) -> tuple[int, float, int]:
     t0 = time.perf_counter()
-    path = Path(path)
     try:
         with open(path, "rb") as f:
             header = read_header(f)
@@ -167,7 +174,6 @@ def load(path: str | os.PathLike, sess) -> tuple[int, float, int]:
     try:
         n = sess.backend.load_state(state, header.ids)
     except ValueError as e:
-        sess.cache.reset()
         raise Refused(str(e)) from None
     sess.cache.record(header.ids[:n])
     return n, time.perf_counter() - t0, path.stat().st_size
