@@ -708,8 +708,11 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
               help="Largest request body in bytes (413 beyond).")
 @click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds a request's headers and body may take to arrive (408 beyond).")
+@click.option("--prefix-cache", default=4, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Keep the KV states of N earlier prompt prefixes in memory, so alternating conversations "
+                   "each reuse their own (0: only the live cache).")
 def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: int, read_timeout: float,
-          **options: Any) -> None:
+          prefix_cache: int, **options: Any) -> None:
     """Serve the model over OpenAI's API: POST /v1/chat/completions, /v1/completions; GET /v1/models,
     /health, and a chat page at /.
 
@@ -728,7 +731,7 @@ def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: i
     warn(sess.warnings())
     try:
         server = server_mod.make_server(sess, host, port, api_key=api_key, max_queue=max_queue, max_body=max_body,
-                                        read_timeout=read_timeout)
+                                        read_timeout=read_timeout, prefix_cache=prefix_cache)
     except OSError as e:
         sess.close()
         raise MlxgenError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
