@@ -184,3 +184,17 @@ def test_cli_prompt_cache_dir_saves_the_system_prefix_once_and_reuses_it(cpp, en
     alone = mlxgen("run", *[a for a in args if a not in ("--prompt-cache-dir", str(folder))], "Name a fruit.", env=env)
     assert json.loads(alone.stdout)["text"] == json.loads(second.stdout)["text"]
     assert files[0].stat().st_mtime_ns >= stamp
+
+
+def test_cli_chat_first_turn_reuses_a_prompt_cache(cpp, env, tmp_path):
+    out = tmp_path / "sys.mlxcache"
+    system = ["--system", "You answer questions about Alice's house. " + DOC]
+    assert mlxgen("cache-prompt", *cpp, *system, "-o", str(out), QUESTION, env=env).returncode == 0
+    chat = subprocess.run([sys.executable, "-m", "mlxgen", "chat", *cpp, *system, "--json", "--temperature", "0",
+                           "-n", "6", "--prompt-cache", str(out)], input=QUESTION + "\n", capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
+    assert chat.returncode == 0, chat.stderr
+    turn = json.loads(chat.stdout.splitlines()[0])
+    assert turn["reused_tokens"] == turn["prompt_tokens"] - 1  # the whole prompt came from the file
+    run = json.loads(mlxgen("run", *cpp, *system, "--json", "--temperature", "0", "-n", "6", QUESTION, env=env).stdout)
+    assert turn["text"] == run["text"]
