@@ -198,3 +198,17 @@ def test_cli_chat_first_turn_reuses_a_prompt_cache(cpp, env, tmp_path):
     assert turn["reused_tokens"] == turn["prompt_tokens"] - 1  # the whole prompt came from the file
     run = json.loads(mlxgen("run", *cpp, *system, "--json", "--temperature", "0", "-n", "6", QUESTION, env=env).stdout)
     assert turn["text"] == run["text"]
+
+
+def test_prompt_cache_dir_replaces_a_damaged_file_after_one_warning(cpp, env, tmp_path):
+    folder = tmp_path / "pc"
+    args = [*cpp, "-n", "1", "--prompt-cache-dir", str(folder), "--system", "You answer in French, always. " * 4]
+    assert mlxgen("run", *args, "Hi.", env=env).returncode == 0
+    [saved] = folder.glob("*.mlxcache")
+    good = saved.read_bytes()
+    saved.write_bytes(good[:-100])  # truncated
+    r = mlxgen("run", *args, "Hello.", env=env)
+    assert r.returncode == 0 and r.stderr.count("prompt cache not used: truncated") == 1, r.stderr
+    assert saved.read_bytes() == good  # saved again, whole
+    r = mlxgen("run", *args, "Hey.", env=env)
+    assert "warning" not in r.stderr

@@ -233,8 +233,10 @@ def auto(sess, folder: str | os.PathLike, ids: Sequence[int]) -> list[str]:
         try:
             load(best, sess)
             os.utime(best)  # most recently used: the last to be evicted
-        except (Refused, PromptCacheError) as e:
+        except (Refused, PromptCacheError) as e:  # damaged: replaced below, so it warns once
             out.append(warning(best, e))
+            best.unlink(missing_ok=True)
+            n = 0
     keep = fixed_prefix(sess, ids)
     if keep >= MIN_AUTO_PREFIX and n < keep:
         from mlxgen.loop import prefill
