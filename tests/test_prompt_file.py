@@ -37,7 +37,8 @@ def greedy(sess, ids, n=6):
     return [t for t, _ in done.trace], done.stats.cached_tokens
 
 
-@pytest.fixture(scope="module", params=["llama.cpp", "mlx"])
+@pytest.fixture(scope="module", params=[pytest.param("llama.cpp", marks=pytest.mark.llamacpp),
+                                        pytest.param("mlx", marks=pytest.mark.mlx)])
 def sess(request, env):
     if not have(request.param):
         pytest.skip(f"{request.param} is not installed")
@@ -117,12 +118,13 @@ def mlxgen(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def cpp(env):
+def cpp(env):  # (the CLI tests below run on llama.cpp)
     if not have("llama.cpp"):
         pytest.skip("llama-cpp-python is not installed")
     return ["--backend", "llama.cpp", "-t", "1", "--ctx", "512"]
 
 
+@pytest.mark.llamacpp
 def test_cli_cache_prompt_then_run_matches_a_cold_run(cpp, env, tmp_path):
     out = tmp_path / "doc.mlxcache"
     r = mlxgen("cache-prompt", *cpp, "-o", str(out), DOC, env=env)
@@ -145,6 +147,7 @@ def test_cli_cache_prompt_then_run_matches_a_cold_run(cpp, env, tmp_path):
     assert json.loads(r.stdout)["text"] == cold["text"] and json.loads(r.stdout)["stats"]["cached_tokens"] == 0
 
 
+@pytest.mark.llamacpp
 def test_cli_prompt_cache_for_another_model_is_one_warning(cpp, env, tmp_path):
     out = tmp_path / "doc.mlxcache"
     assert mlxgen("cache-prompt", *cpp, "-o", str(out), DOC, env=env).returncode == 0
@@ -155,6 +158,7 @@ def test_cli_prompt_cache_for_another_model_is_one_warning(cpp, env, tmp_path):
     assert lines == [f"mlxgen: warning: {out}: prompt cache not used: made for another model; prefilling the prompt"]
 
 
+@pytest.mark.llamacpp
 def test_cli_prompt_cache_on_a_read_only_path_is_one_line(cpp, env, tmp_path):
     target = Path("/sys/p.mlxcache")
     if not target.parent.is_dir() or os.access(target.parent, os.W_OK) and os.geteuid() != 0:
@@ -168,6 +172,7 @@ def test_cli_prompt_cache_on_a_read_only_path_is_one_line(cpp, env, tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.llamacpp
 def test_cli_prompt_cache_dir_saves_the_system_prefix_once_and_reuses_it(cpp, env, tmp_path):
     folder = tmp_path / "pc"
     args = [*cpp, "--temperature", "0", "-n", "4", "--json", "--prompt-cache-dir", str(folder),
@@ -186,6 +191,7 @@ def test_cli_prompt_cache_dir_saves_the_system_prefix_once_and_reuses_it(cpp, en
     assert files[0].stat().st_mtime_ns >= stamp
 
 
+@pytest.mark.llamacpp
 def test_cli_chat_first_turn_reuses_a_prompt_cache(cpp, env, tmp_path):
     out = tmp_path / "sys.mlxcache"
     system = ["--system", "You answer questions about Alice's house. " + DOC]
@@ -200,6 +206,7 @@ def test_cli_chat_first_turn_reuses_a_prompt_cache(cpp, env, tmp_path):
     assert turn["text"] == run["text"]
 
 
+@pytest.mark.llamacpp
 def test_prompt_cache_dir_replaces_a_damaged_file_after_one_warning(cpp, env, tmp_path):
     folder = tmp_path / "pc"
     args = [*cpp, "-n", "1", "--prompt-cache-dir", str(folder), "--system", "You answer in French, always. " * 4]

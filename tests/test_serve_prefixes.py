@@ -64,6 +64,7 @@ def conversation_turns(sess, prefix_cache: int) -> dict[str, list[tuple[int, int
     return cached
 
 
+@pytest.mark.llamacpp
 def test_alternating_conversations_each_reuse_their_own_history(sess):
     with_lru = conversation_turns(sess, prefix_cache=4)
     lru = sess.cache.lru
