@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from mlxgen import __version__
-from mlxgen.errors import MlxgenError, PromptError
+from mlxgen.errors import MlxgenError, PromptError, rank_lost
 
 
 class _Group(click.Group):
@@ -46,6 +46,12 @@ class _Group(click.Group):
         except BrokenPipeError:  # `mlxgen run ... | head`
             sys.stderr.close()
             ctx.exit(1)
+        except RuntimeError as e:  # another rank of a distributed run went away (mid-step, inside MLX)
+            lost = rank_lost(e)
+            if lost is None:
+                raise
+            click.echo(f"mlxgen: error: {lost}", err=True)
+            ctx.exit(lost.exit_code)
 
 
 def usage_line(e: click.UsageError) -> str:
