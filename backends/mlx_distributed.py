@@ -138,13 +138,13 @@ def split(model, config: dict, g) -> str:
     layers = len(inner.layers) if inner is not None else 0
     if (forced == "tensor" or forced == "auto" and tensor):
         model.shard(g)
-        return f"tensor parallel over {n} ranks"
+        return "tensor parallel"
     if layers < n:
         raise ModelError(f"{config.get('model_type', '?')}: {layers} layers cannot be split across {n} ranks")
     if not hasattr(inner, "pipeline"):
         pipeline_stack(model, config)()
     inner.pipeline(g)
-    return f"pipeline parallel over {n} ranks (layers {inner.start_idx}-{inner.end_idx - 1} here)"
+    return f"pipeline parallel, layers {inner.start_idx}-{inner.end_idx - 1} on rank 0"
 
 
 def heads_divide(model, n: int) -> bool:
@@ -272,7 +272,7 @@ class Leader(MLXBackend):
         self.ranks = g.size()
         self.mode = mode
         self.pipelined = mode.startswith("pipeline")
-        self.device = f"{local.device}, {self.ranks} ranks ({backend_name()}, {mode.split(' (')[0]})"
+        self.device = f"{local.device}, {self.ranks} ranks ({backend_name()}, {mode.split(',')[0]})"
         self.sent_bytes = 0  # control bytes rank 0 broadcast (headers and ids), for bench
         self._closed = False
 
@@ -333,7 +333,11 @@ class Leader(MLXBackend):
         return info
 
     def close(self) -> None:
-        if not self._closed:
+        """Tell the other ranks to end, unless a lost rank is why we close (the group is broken: a
+        collective now would wait forever)."""
+        failing = sys.exc_info()[1]
+        broken = failing is not None and (isinstance(failing, RankLost) or rank_lost(failing) is not None)
+        if not self._closed and not broken:
             self._closed = True
             try:
                 self._send(CLOSE)

@@ -183,6 +183,30 @@ def constraint_options(f):
     return f
 
 
+def rank_options(f):
+    """``--ranks N`` / ``--hosts FILE``: run this command as the ranks of an MLX group (``mlxgen.launch``)."""
+    many = f.__name__ == "bench"
+
+    def launch(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is None or ctx.resilient_parsing or os.environ.get("MLX_RANK") is not None:
+            return  # a rank already (started by --ranks, --hosts or the user's own mlx.launch)
+        from mlxgen import launch as launchmod
+
+        try:
+            code = launchmod.from_cli(ctx.info_name, param.name, value)
+        except MlxgenError as e:
+            click.echo(f"mlxgen: error: {e}", err=True)
+            code = e.exit_code
+        ctx.exit(code)
+
+    ranks_help = ("Also as N ranks on this machine (comma list: 1,2)" if many else
+                  "Run as N ranks of an MLX group on this machine (ring over 127.0.0.1), to try it.")
+    f = click.option("--hosts", metavar="FILE", is_eager=True, expose_value=False, callback=launch,
+                     help="Run as one rank per host of mlx's hostfile JSON (mlx.launch over ssh).")(f)
+    return click.option("--ranks", metavar="N", is_eager=True, expose_value=False, callback=launch,
+                        help=ranks_help)(f)
+
+
 def prompt_options(f):
     """-p/--prompt and -f/--file, as llama-cli and mlx_lm take the prompt."""
     f = click.option("-f", "--file", "prompt_file", metavar="FILE", help="Read the prompt from FILE ('-' = stdin).")(f)
@@ -279,6 +303,7 @@ def model_source(value: str) -> dict[str, Any]:
 @click.option("--logprobs", type=int, metavar="K", help="Record the top-K log-probabilities of each token (--json, --trace).")
 @click.option("--quiet", "-q", is_flag=True, help="No stats on stderr.")
 @prompt_options
+@rank_options
 def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, show_prompt: bool, logprobs: int | None,
         quiet: bool, **options: Any) -> None:
     """Generate text for PROMPT (or -p TEXT, -f FILE, stdin), streamed to stdout."""
@@ -378,6 +403,7 @@ def logprob_recorder(sess, k: int, sample=None):
 @constraint_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per answer on stdout instead of streamed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No banner and no per-turn stats on stderr.")
+@rank_options
 def chat(as_json: bool, quiet: bool, **options: Any) -> None:
     """Talk with the model: one line per message, answers streamed; /help lists the commands.
 
@@ -523,6 +549,7 @@ def doctor(**options: Any) -> None:
 @click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")
 @click.option("--lookup", type=int, metavar="N", help="Also run speculative decoding by prompt lookup (N tokens per step).")
 @click.option("--adaptive-draft", is_flag=True, default=None, help="Adaptive draft length.")
+@rank_options
 def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
           output: str, plot: str | None, **options: Any) -> None:
     """llama-bench style pp/tg tests on one seeded token trace; table on stdout, progress on stderr.
@@ -628,6 +655,7 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
               help="Largest request body in bytes (413 beyond).")
 @click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds a request's headers and body may take to arrive (408 beyond).")
+@rank_options
 def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: int, read_timeout: float,
           **options: Any) -> None:
     """Serve the model over OpenAI's API: POST /v1/chat/completions, /v1/completions; GET /v1/models,
