@@ -81,7 +81,9 @@ def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBacken
     from mlxgen.backends import mlx_distributed
 
     if mlx_distributed.launched():  # one rank of several: this rank's shard (rank 0 gets the backend)
-        return mlx_distributed.load(weights, cfg, choice)
+        sharded = mlx_distributed.load(weights, cfg, choice)
+        if sharded is not None:
+            return sharded  # else a second model while one is sharded (a draft model): on rank 0 alone
     model, config = read_model(weights)
     backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
     backend.config = config

@@ -24,10 +24,11 @@ rank that cannot reach the others says so in one line instead of waiting forever
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -36,15 +37,17 @@ import mlx.core as mx
 from mlxgen.backends.mlx import MLXBackend, _vocab_size
 from mlxgen.errors import ModelError, RankLost, first_line, rank_lost
 
-STEP, PREFILL, EXTEND, VERIFY, TRIM, CLOSE = 1, 2, 3, 4, 5, 6
+STEP, PREFILL, EXTEND, VERIFY, TRIM, CLOSE, RELOAD, EXIT = 1, 2, 3, 4, 5, 6, 7, 8
 JOIN_TIMEOUT_S = 60.0
-JOIN_EXIT = 69  # EX_UNAVAILABLE: a rank could not reach the others
 LOST_EXIT = RankLost.exit_code
 RANK_ENV = ("MLX_HOSTFILE", "MLX_WORLD_SIZE", "MLX_JACCL_COORDINATOR", "MLX_IBV_DEVICES", "OMPI_COMM_WORLD_SIZE",
             "PMI_SIZE")
 PIPELINE_STACKS = ("llama", "qwen3", "mistral")  # inner models: embed -> layers(h, mask, cache) -> norm
 
 _GROUP = None
+_LEADER = None  # rank 0's open Leader
+_USED = False  # rank 0 has loaded a sharded model in this process
+_BROKEN = False  # a rank was lost: no collective can finish any more
 
 
 def launched() -> bool:
@@ -55,27 +58,36 @@ def launched() -> bool:
 
 
 def group():
-    """The process group, joined once, with a watchdog: a rank that cannot reach the others exits in one line."""
+    """The process group, joined once, with a watchdog: a rank that cannot reach the others exits in one line.
+
+    ``mx.distributed.init`` blocks inside MLX (holding the GIL) until every rank is connected, so the
+    watchdog is a small process of its own (``_WATCHDOG``): it prints the line and kills this rank
+    unless the join finished (its stdin closed) within ``MLXGEN_JOIN_TIMEOUT`` seconds.
+    """
     global _GROUP
     if _GROUP is not None:
         return _GROUP
     timeout = float(os.environ.get("MLXGEN_JOIN_TIMEOUT", JOIN_TIMEOUT_S))
-    rank = os.environ.get("MLX_RANK", "?")
-
-    def give_up() -> None:
-        print(f"mlxgen: error: rank {rank}: could not join the other ranks within {timeout:g} s "
-              f"(a host in the hostfile unreachable, a port blocked, or a rank that never started)",
-              file=sys.stderr, flush=True)
-        os._exit(JOIN_EXIT)
-
-    timer = threading.Timer(timeout, give_up)
-    timer.daemon = True
-    timer.start()
+    line = (f"mlxgen: error: rank {os.environ.get('MLX_RANK', '?')}: could not join the other ranks within "
+            f"{timeout:g} s (a host unreachable, a port blocked, or a rank that never started)")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), line],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         _GROUP = mx.distributed.init(strict=launched())
     finally:
-        timer.cancel()
+        watchdog.stdin.close()
+        watchdog.wait()
     return _GROUP
+
+
+_WATCHDOG = """
+import os, select, signal, sys
+pid, timeout, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if not ready:
+    print(line, file=sys.stderr, flush=True)
+    os.kill(pid, signal.SIGKILL)
+"""
 
 
 def doctor_rows() -> list[tuple[str, str]]:
@@ -99,26 +111,69 @@ def backend_name() -> str:
 
 
 def load(weights: Path, cfg, choice=None):
-    """Rank 0: a ``Leader`` backend. Every other rank: follows rank 0, then exits (never returns)."""
+    """Rank 0: a ``Leader`` backend (None while one is open: a second model, a draft, runs on rank 0 alone).
+    Every other rank: follows rank 0 (through reloads) until rank 0 exits, then exits; never returns."""
+    global _LEADER, _USED
+    g = group()
+    if g.rank() == 0:
+        if _LEADER is not None:
+            return None
+        if _USED:
+            _broadcast(g, RELOAD)  # the same model again (bench's warm reload): the others load it too
+        local, mode = _load_shard(weights, cfg, g)
+        _LEADER = Leader(local, g, mode)
+        if not _USED:
+            atexit.register(_release)
+        _USED = True
+        return _LEADER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches rank 0, which ends every rank
+    try:
+        local, _ = _load_shard(weights, cfg, g)
+        while True:
+            follow(local, g)  # until CLOSE
+            op = _receive(g)[0]
+            if op != RELOAD:  # EXIT
+                break
+            local, _ = _load_shard(weights, cfg, g)
+    except RuntimeError as e:
+        print(f"mlxgen: error: {rank_lost(e) or first_line(e)}", file=sys.stderr, flush=True)
+        os._exit(LOST_EXIT)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _load_shard(weights: Path, cfg, g) -> tuple[MLXBackend, str]:
     from mlxgen.backends.mlx import read_model
 
-    g = group()
     model, config = read_model(weights, lazy=True)  # nothing is read until this rank's shard is evaluated
     mode = split(model, config, g)
     mx.eval(model.parameters())  # only this rank's shard is read from the files
     mx.eval(mx.distributed.all_sum(mx.array(1.0), group=g))  # every rank loaded: the same barrier as sharded_load
     local = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
     local.config = config
-    if g.rank() != 0:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches rank 0, which ends every rank with CLOSE
-        try:
-            follow(local, g)
-        except RuntimeError as e:
-            print(f"mlxgen: error: {rank_lost(e) or first_line(e)}", file=sys.stderr, flush=True)
-            os._exit(LOST_EXIT)
-        sys.stdout.flush()
-        os._exit(0)
-    return Leader(local, g, mode)
+    return local, mode
+
+
+def _broadcast(g, op: int, n: int = 0) -> None:
+    mx.eval(mx.distributed.all_sum(_header(op, n), group=g))
+
+
+def _receive(g) -> list[int]:
+    head = mx.distributed.all_sum(mx.zeros((4,), dtype=mx.int32), group=g)
+    mx.eval(head)
+    return [int(v) for v in head.tolist()]
+
+
+def _release() -> None:
+    """At rank 0's exit: close a model still open, then tell the others to exit (unless a rank was lost)."""
+    if _BROKEN or _GROUP is None:
+        return
+    try:
+        if _LEADER is not None:
+            _LEADER.close()
+        _broadcast(_GROUP, EXIT)
+    except RuntimeError:
+        pass
 
 
 def split(model, config: dict, g) -> str:
@@ -237,11 +292,8 @@ def _header(op: int, n: int = 0, token: int = 0) -> mx.array:
 
 def follow(local: MLXBackend, g) -> None:
     """Every rank but 0: run what rank 0 broadcasts, in the same order, until CLOSE."""
-    zeros = mx.zeros((4,), dtype=mx.int32)
     while True:
-        head = mx.distributed.all_sum(zeros, group=g)
-        mx.eval(head)
-        op, n, token = (int(v) for v in head.tolist()[:3])
+        op, n, token, _ = _receive(g)
         if op == CLOSE:
             local.close()
             return
@@ -335,17 +387,23 @@ class Leader(MLXBackend):
     def close(self) -> None:
         """Tell the other ranks to end, unless a lost rank is why we close (the group is broken: a
         collective now would wait forever)."""
+        global _LEADER, _BROKEN
         failing = sys.exc_info()[1]
-        broken = failing is not None and (isinstance(failing, RankLost) or rank_lost(failing) is not None)
-        if not self._closed and not broken:
-            self._closed = True
+        _BROKEN = _BROKEN or failing is not None and (isinstance(failing, RankLost) or rank_lost(failing) is not None)
+        if not self._closed and not _BROKEN:
             try:
                 self._send(CLOSE)
             except RankLost:  # the others are gone already: nothing to tell them
-                pass
+                _BROKEN = True
+        self._closed = True
+        if _LEADER is self:
+            _LEADER = None
         MLXBackend.close(self)
 
 
 def lost_rank(e: BaseException) -> BaseException:
     """MLX's error when a peer goes away, as one line (``mlxgen.errors.rank_lost``); any other as it is."""
-    return rank_lost(e) or e
+    global _BROKEN
+    lost = rank_lost(e)
+    _BROKEN = _BROKEN or lost is not None
+    return lost or e

@@ -502,6 +502,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
 
 @cli.command(short_help='This machine, the backends, and which one run picks.')
 @config_options
+@rank_options
 def doctor(**options: Any) -> None:
     """Show this machine, the installed backends and which one `run` would pick."""
     facts = probe_hardware()

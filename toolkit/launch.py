@@ -238,16 +238,21 @@ def read_hostfile(path: str) -> list[str]:
 
 
 def check_hosts(path: str, hosts: list[str], timeout: float = HOST_TIMEOUT_S) -> None:
-    """Every remote host's ssh port answers within ``timeout`` (a dead host fails here, not in a hang)."""
+    """Every remote host answers ssh (non-interactively, as mlx.launch needs) within ``timeout``."""
     for host in dict.fromkeys(hosts):
         if host in LOCAL:
             continue
-        name, _, port = host.rpartition("@")[2].partition(":")
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout:g}", "-o", "LogLevel=ERROR", host, "true"]
         try:
-            socket.create_connection((name, int(port or 22)), timeout=timeout).close()
-        except (OSError, ValueError) as e:
-            why = "no answer" if isinstance(e, (socket.timeout, TimeoutError)) else type(e).__name__
-            raise LaunchError(f"--hosts {path}: host {host} is unreachable (ssh port, {timeout:g} s: {why})") from None
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=3 * timeout)
+            why = (proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            ok = proc.returncode == 0
+        except FileNotFoundError:
+            raise LaunchError(f"--hosts {path}: ssh is not installed; mlx.launch starts remote ranks with it") from None
+        except subprocess.TimeoutExpired:
+            ok, why = False, "no answer"
+        if not ok:
+            raise LaunchError(f"--hosts {path}: host {host} is unreachable over ssh within {timeout:g} s ({why})")
 
 
 def run_hosts(path: str, argv: list[str]) -> int:
@@ -272,9 +277,19 @@ def from_cli(command: str, option: str, value: str) -> int:
         return run_hosts(value, argv)
     counts = parse_ranks(value, many=command == "bench")
     data = None
-    if command in ("run", "bench") and not sys.stdin.isatty():
-        data = sys.stdin.buffer.read()  # every rank reads the same prompt
+    if command in ("run", "bench") and not sys.stdin.isatty() and _readable(sys.stdin):
+        data = sys.stdin.buffer.read()  # a piped prompt: every rank reads the same one
     code = 0
     for n in counts:
         code = run_local(n, argv, data) or code
     return code
+
+
+def _readable(stream, wait: float = 0.5) -> bool:
+    """Piped input is there (or its end is): a stdin nobody writes to is left to rank 0."""
+    import select
+
+    try:
+        return bool(select.select([stream], [], [], wait)[0])
+    except (OSError, ValueError):
+        return False
