@@ -185,11 +185,11 @@ def split(model, config: dict, g) -> str:
     inner = getattr(model, "model", None)
     pipeline = inner is not None and (hasattr(inner, "pipeline") or pipeline_stack(model, config) is not None)
     if forced == "tensor" and not tensor or forced == "pipeline" and not pipeline or not (tensor or pipeline):
-        why = "" if not hasattr(model, "shard") or heads_divide(model, n) else (
-            f" (its heads or quantized groups do not split into {n} equal parts)")
-        raise ModelError(f"{config.get('model_type', '?')}: this model cannot be split across {n} ranks"
-                         f"{' by ' + forced + ' parallelism' if forced != 'auto' else ''}{why}: mlx-lm has "
-                         f"neither shard() nor a pipeline for it; run it on one machine")
+        how = f" by {forced} parallelism" if forced != "auto" else ""
+        why = (f"its heads or quantized groups do not split into {n} equal parts" if hasattr(model, "shard")
+               else "mlx-lm has no shard() for it") + ("" if pipeline else ", and no pipeline")
+        raise ModelError(f"{config.get('model_type', '?')}: this model cannot be split across {n} ranks{how} "
+                         f"({why}); run it on one machine")
     layers = len(inner.layers) if inner is not None else 0
     if (forced == "tensor" or forced == "auto" and tensor):
         model.shard(g)
