@@ -381,6 +381,7 @@ class Leader(MLXBackend):
     def describe(self) -> dict:
         info = MLXBackend.describe(self)
         info["ranks"] = self.ranks
+        info["model"] += " (rank 0's shard)"  # parameters and bytes are what rank 0 holds
         info["build"] += f", {self.ranks} ranks over {backend_name()} ({self.mode})"
         return info
 
