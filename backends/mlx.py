@@ -55,7 +55,9 @@ def doctor_rows() -> list[tuple[str, str]]:
     else:
         rows.append(("mlx device", "cpu: no Metal: running on the CPU"))
     rows.append(("mlx cache", str(mlx_convert.cache_root())))
-    return rows
+    from mlxgen.backends import mlx_distributed
+
+    return rows + mlx_distributed.doctor_rows()
 
 
 def prepare(cfg: Config) -> Path:
@@ -77,17 +79,28 @@ def convert(source: str, out: Path | None, bits: int, group_size: int, revision:
 
 
 def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBackend":
+    from mlxgen.backends import mlx_distributed
+
+    if mlx_distributed.launched():  # one rank of several: this rank's shard (rank 0 gets the backend)
+        sharded = mlx_distributed.load(weights, cfg, choice)
+        if sharded is not None:
+            return sharded  # else a second model while one is sharded (a draft model): on rank 0 alone
+    model, config = read_model(weights)
+    backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
+    backend.config = config
+    return backend
+
+
+def read_model(weights: Path, lazy: bool = False):
+    """mlx-lm's model and config.json from a model folder; one-line errors."""
     from mlx_lm.utils import load_model
 
     try:
-        model, config = load_model(Path(weights))
+        return load_model(Path(weights), lazy=lazy)
     except FileNotFoundError as e:
         raise ModelError(f"{weights}: {e}") from None
     except (ValueError, KeyError, TypeError) as e:  # unknown model type, config keys missing or wrong
         raise ModelError(f"{weights}: mlx-lm cannot load this model ({first_line(e)})") from None
-    backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
-    backend.config = config
-    return backend
 
 
 def _vocab_size(model, config: dict) -> int:

@@ -500,6 +500,18 @@ def _triggers():
     T["constraint-forbidden"] = lambda w, mp: lib(smol_matcher().accept, 0)
     T["constraint-rollback"] = lambda w, mp: lib(smol_matcher().rollback, 3)
     _ = (backends, TokenizerConfig)
+    # distributed (several ranks)
+    T["ranks-count"] = lambda w, mp: cli("run", "--ranks", "0", "hi")
+    T["ranks-ports"] = lambda w, mp: no_free_ports(mp)
+    T["ranks-and-hosts"] = lambda w, mp: cli("run", "--ranks", "2", "--hosts", "h.json", "hi")
+    T["hosts-missing"] = lambda w, mp: cli("run", "--hosts", str(w / "no-hosts.json"), "hi")
+    T["hosts-unreadable"] = lambda w, mp: cli("run", "--hosts", write(w, "hosts-bad.json", "{nope"), "hi")
+    T["hosts-shape"] = lambda w, mp: cli("run", "--hosts", write(w, "hosts-shape.json", '[{"ips": []}]'), "hi")
+    T["hosts-no-ssh"] = lambda w, mp: hosts_without_ssh(w, mp)
+    T["hosts-unreachable"] = lambda w, mp: hosts_unreachable(w, mp)
+    T["dist-cannot-split"] = lambda w, mp: cannot_split(w, 2)
+    T["dist-few-layers"] = lambda w, mp: cannot_split(w, 64)
+    T["rank-lost"] = lambda w, mp: lost_rank()
     return T
 
 
@@ -856,6 +868,69 @@ def serve_busy_port(w: Path) -> list[str]:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         return cli("serve", "--backend", "llama.cpp", "-t", "1", "--port", str(taken.getsockname()[1]))
+
+
+def no_free_ports(mp) -> str:
+    import socket
+
+    from mlxgen import launch
+
+    class Taken(socket.socket):
+        def bind(self, address):
+            if address[1] != 0:
+                raise OSError("in use")
+            return super().bind(address)
+
+    mp.setattr(launch.socket, "socket", Taken)
+    return lib(launch.free_ports, 2)
+
+
+def hosts_file(w: Path) -> str:
+    return write(w, "hosts.json", json.dumps([{"ssh": "mac-a.invalid", "ips": ["10.0.0.1"]},
+                                              {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]))
+
+
+def hosts_without_ssh(w: Path, mp) -> str:
+    from mlxgen import launch
+
+    def missing(*a, **k):
+        raise FileNotFoundError("ssh")
+
+    mp.setattr(launch.subprocess, "run", missing)
+    path = hosts_file(w)
+    return lib(launch.check_hosts, path, launch.read_hostfile(path))
+
+
+def hosts_unreachable(w: Path, mp) -> str:
+    from mlxgen import launch
+
+    mp.setattr(launch.subprocess, "run", lambda *a, **k: SimpleNamespace(
+        returncode=255, stderr=b"ssh: Could not resolve hostname mac-a.invalid"))
+    path = hosts_file(w)
+    return lib(launch.check_hosts, path, launch.read_hostfile(path))
+
+
+def cannot_split(w: Path, n: int) -> str:
+    need("mlx.core", "mlx_lm")
+    from mlxgen.backends import mlx_distributed
+    from mlxgen.backends.mlx import read_model
+
+    group = SimpleNamespace(size=lambda: n, rank=lambda: 0)
+    if n == 2:
+        return lib(mlx_distributed.split, SimpleNamespace(), {"model_type": "gemma"}, group)
+    from mlxgen.backends import mlx_convert
+
+    model, config = read_model(mlx_convert.convert(str(tiny_hf(w))), lazy=True)
+    return lib(mlx_distributed.split, model, config, group)
+
+
+def lost_rank() -> str:
+    from mlxgen.errors import rank_lost
+
+    def fails():
+        raise rank_lost(RuntimeError("[ring] connection to a peer was lost"))
+
+    return lib(fails)
 
 
 TRIGGERS = _triggers()

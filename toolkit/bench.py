@@ -176,6 +176,7 @@ class BackendRun:
     peak_rss_scope: str = "backend"  # "backend" (reset per backend) or "process" (peak so far)
     rss_start_bytes: int | None = None  # resident before this backend loaded (what it shares with earlier ones)
     device_peak_bytes: int | None = None  # the backend library's own allocator peak (MLX), if it keeps one
+    ranks: int = 1  # processes the model is split across (a distributed MLX group), rank 0 measured
 
 
 @dataclass
@@ -472,6 +473,7 @@ def _backend_run(name: str, sess, cfg: Config, facts: hardware.Facts, load_s: fl
         n_gpu_layers=info.get("n_gpu_layers"),
         prefill_chunk=prefill_chunk(sess.backend, PREFILL_CHUNK),
         build=info.get("build", ""),
+        ranks=int(info.get("ranks", 1)),
     )
 
 

@@ -25,7 +25,7 @@ def _params(n: int | None) -> str:
 def _device(run: BackendRun) -> str:
     d = run.device.lower()
     kind = "CPU" if d.startswith("cpu") else "Metal" if "metal" in d else "CUDA" if "cuda" in d else "GPU"
-    return f"{run.name} {kind}"
+    return f"{run.name} {kind}" + (f" ×{run.ranks} ranks" if run.ranks > 1 else "")
 
 
 def rows(report: Report) -> list[dict]:

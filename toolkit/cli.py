@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from mlxgen import __version__
-from mlxgen.errors import MlxgenError, PromptError
+from mlxgen.errors import MlxgenError, PromptError, rank_lost
 
 
 class _Group(click.Group):
@@ -46,6 +46,12 @@ class _Group(click.Group):
         except BrokenPipeError:  # `mlxgen run ... | head`
             sys.stderr.close()
             ctx.exit(1)
+        except RuntimeError as e:  # another rank of a distributed run went away (mid-step, inside MLX)
+            lost = rank_lost(e)
+            if lost is None:
+                raise
+            click.echo(f"mlxgen: error: {lost}", err=True)
+            ctx.exit(lost.exit_code)
 
 
 def usage_line(e: click.UsageError) -> str:
@@ -175,6 +181,30 @@ def constraint_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def rank_options(f):
+    """``--ranks N`` / ``--hosts FILE``: run this command as the ranks of an MLX group (``mlxgen.launch``)."""
+    many = f.__name__ == "bench"
+
+    def launch(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is None or ctx.resilient_parsing or os.environ.get("MLX_RANK") is not None:
+            return  # a rank already (started by --ranks, --hosts or the user's own mlx.launch)
+        from mlxgen import launch as launchmod
+
+        try:
+            code = launchmod.from_cli(ctx.info_name, param.name, value)
+        except MlxgenError as e:
+            click.echo(f"mlxgen: error: {e}", err=True)
+            code = e.exit_code
+        ctx.exit(code)
+
+    ranks_help = ("Also as N ranks on this machine (comma list: 1,2)" if many else
+                  "Run as N ranks of an MLX group on this machine (ring over 127.0.0.1), to try it.")
+    f = click.option("--hosts", metavar="FILE", is_eager=True, expose_value=False, callback=launch,
+                     help="Run as one rank per host of mlx's hostfile JSON (mlx.launch over ssh).")(f)
+    return click.option("--ranks", metavar="N", is_eager=True, expose_value=False, callback=launch,
+                        help=ranks_help)(f)
 
 
 def prompt_options(f):
@@ -307,6 +337,7 @@ def model_source(value: str) -> dict[str, Any]:
 @click.option("--quiet", "-q", is_flag=True, help="No stats on stderr.")
 @prompt_cache_options
 @prompt_options
+@rank_options
 def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, show_prompt: bool, logprobs: int | None,
         quiet: bool, prompt_cache: str | None, **options: Any) -> None:
     """Generate text for PROMPT (or -p TEXT, -f FILE, stdin), streamed to stdout."""
@@ -410,6 +441,7 @@ def logprob_recorder(sess, k: int, sample=None):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per answer on stdout instead of streamed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No banner and no per-turn stats on stderr.")
 @prompt_cache_options
+@rank_options
 def chat(as_json: bool, quiet: bool, prompt_cache: str | None, **options: Any) -> None:
     """Talk with the model: one line per message, answers streamed; /help lists the commands.
 
@@ -556,6 +588,7 @@ def logits(prompt: str | None, top: int, as_json: bool, **options: Any) -> None:
 
 @cli.command(short_help='This machine, the backends, and which one run picks.')
 @config_options
+@rank_options
 def doctor(**options: Any) -> None:
     """Show this machine, the installed backends and which one `run` would pick."""
     facts = probe_hardware()
@@ -603,6 +636,7 @@ def doctor(**options: Any) -> None:
 @click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")
 @click.option("--lookup", type=int, metavar="N", help="Also run speculative decoding by prompt lookup (N tokens per step).")
 @click.option("--adaptive-draft", is_flag=True, default=None, help="Adaptive draft length.")
+@rank_options
 def bench(n_prompt: str, n_gen: str, depth: str, repetitions: int, warmup: int, vs_native: bool, seed: int,
           output: str, plot: str | None, **options: Any) -> None:
     """llama-bench style pp/tg tests on one seeded token trace; table on stdout, progress on stderr.
@@ -711,6 +745,7 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
 @click.option("--prefix-cache", default=4, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="Keep the KV states of N earlier prompt prefixes in memory, so alternating conversations "
                    "each reuse their own (0: only the live cache).")
+@rank_options
 def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: int, read_timeout: float,
           prefix_cache: int, **options: Any) -> None:
     """Serve the model over OpenAI's API: POST /v1/chat/completions, /v1/completions; GET /v1/models,

@@ -23,13 +23,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from mlxgen import chat
-from mlxgen.errors import MlxgenError
+from mlxgen.errors import MlxgenError, RankLost, rank_lost
 from mlxgen.loop import Done
 from mlxgen.openai_api import ApiError, Request, params_for, usage, with_thinking
 
@@ -110,9 +112,13 @@ class Worker:
                 self.serve(job)
             except ApiError as e:
                 job.send("error", e)
+            except RankLost as e:
+                rank_gone(job, e)
             except MlxgenError as e:
                 job.send("error", ApiError(400, str(e)))
             except Exception as e:  # a bug: this request fails, the server stays up
+                if rank_lost(e) is not None:
+                    rank_gone(job, rank_lost(e))
                 log.exception("request %s failed", job.req.id)
                 job.send("error", ApiError(500, f"internal error: {type(e).__name__}", type="server_error"))
             finally:
@@ -176,3 +182,10 @@ class Worker:
             return {"id": i, "text": tok.decode([i]), "bytes": list(tok.token_bytes(i)), "logprob": v}
 
         return {**one(tid, lp), "top": [one(i, v) for i, v in top[:k]]}
+
+
+def rank_gone(job, lost: RankLost) -> None:
+    """A rank of a distributed model is gone: nothing can be served any more; one line, and the server ends."""
+    job.send("error", ApiError(503, str(lost), type="server_error"))
+    print(f"mlxgen: error: {lost}", file=sys.stderr, flush=True)
+    os._exit(lost.exit_code)
