@@ -97,8 +97,12 @@ class Chunked(Protocol):
 class Verify(Protocol):
     """Extend the cache by ``ids`` and return the logits at every one of those positions.
 
-    Speculative decoding: ``trim`` rolls back what the target rejects.
+    Speculative decoding: ``trim`` rolls back what the target rejects. ``verify_note`` is None
+    where every row is bit-identical to what one-token ``step`` calls give (speculative greedy
+    output then equals plain greedy output); else it says why not, for a warning.
     """
+
+    verify_note: str | None
 
     def verify(self, ids: Sequence[int]) -> Logits: ...  # shape (len(ids), vocab_size)
 

@@ -143,6 +143,9 @@ class Session:
                 "enable_thinking" not in spec.template and not spec.think_token)):
             why = "--raw has no template" if spec.template is None else "the model has no thinking switch"
             out.append(f"--{'think' if inf.thinking else 'no-think'} does nothing: {why}")
+        note = getattr(self.backend, "verify_note", None) if self.speculation is not None else None
+        if note:
+            out.append(note)
         if self.speculation is not None and self.constraint is not None:
             out.append("speculative decoding is off while a constraint is on (it cannot roll a grammar back yet)")
         layers = self.cfg.llm.n_gpu_layers
