@@ -16,7 +16,7 @@ from mlxgen.config import Config
 from mlxgen.constraint import Grammar
 from mlxgen.loop import Done, Event, generate
 from mlxgen.prompt_cache import PromptCache
-from mlxgen.sampling import NUMPY, Processor, SamplingParams, hears_tokens, make_sampler
+from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_sampler
 from mlxgen.tokenizer import Tokenizer
 
 
@@ -101,7 +101,6 @@ class Session:
         ``speculate``: False runs plain decoding even when the session has a drafter (bench).
         """
         sample = sample or self.sampler(processors=processors)
-        speculate = speculate and not hears_tokens(sample)  # the speculative stream does not roll constraints back
         return generate(
             self.backend,
             ids,
@@ -146,8 +145,6 @@ class Session:
         note = getattr(self.backend, "verify_note", None) if self.speculation is not None else None
         if note:
             out.append(note)
-        if self.speculation is not None and self.constraint is not None:
-            out.append("speculative decoding is off while a constraint is on (it cannot roll a grammar back yet)")
         layers = self.cfg.llm.n_gpu_layers
         if layers and not self.choice.gpu:
             out.append(f"--gpu-layers {layers} does nothing: {self.choice.backend} runs on the CPU here")
