@@ -98,8 +98,9 @@ class Verify(Protocol):
     """Extend the cache by ``ids`` and return the logits at every one of those positions.
 
     Speculative decoding: ``trim`` rolls back what the target rejects. ``verify_note`` is None
-    where every row is bit-identical to what one-token ``step`` calls give (speculative greedy
-    output then equals plain greedy output); else it says why not, for a warning.
+    where rows equal what one-token ``step`` calls give, up to the kernels' rounding (bit for
+    bit on MLX and on llama.cpp's quantized models with flash attention), so speculative
+    greedy output equals plain greedy output; else it says why not, for a warning.
     """
 
     verify_note: str | None

@@ -156,12 +156,18 @@ def _cli(*args: str) -> dict:
 def test_cli_speculation_reports_its_counts_and_keeps_the_output(f16, tmp_path):
     pytest.importorskip("llama_cpp")
     prompt = "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."
-    plain, _ = _cli("--model", str(f16), "-n", "40", prompt)
+    plain, _ = _cli("--model", str(f16), "-n", "40", "--logprobs", "2", prompt)
     assert "drafted_tokens" not in plain["stats"] and "from_draft" not in plain
     trace = tmp_path / "t.json"
     for extra in (["--lookup", "5"], ["--draft-model", str(SMOL), "--draft-tokens", "3"]):
-        spec, err = _cli("--model", str(f16), "-n", "40", *extra, "--trace", str(trace), prompt)
+        spec, err = _cli("--model", str(f16), "-n", "40", "--logprobs", "2", *extra, "--trace", str(trace), prompt)
         assert spec["tokens"] == plain["tokens"]
+        # one record per kept token, from the target's own row (F16 rows of a multi-token pass
+        # differ from one-token steps by up to ~0.06 logits on llama.cpp's CPU: not bit for bit)
+        assert [r["id"] for r in spec["logprobs"]] == [r["id"] for r in plain["logprobs"]]
+        for a, b in zip(spec["logprobs"], plain["logprobs"]):
+            assert a["logprob"] == pytest.approx(b["logprob"], abs=0.02)
+            assert [t["id"] for t in a["top"]] == [t["id"] for t in b["top"]]
         s = spec["stats"]
         assert s["drafted_tokens"] > 0 and 0 < s["accepted_tokens"] <= s["drafted_tokens"]
         assert s["acceptance"] == pytest.approx(s["accepted_tokens"] / s["drafted_tokens"])

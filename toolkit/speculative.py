@@ -270,8 +270,13 @@ def speculative_stream(
     from mlxgen.sampling import acceptor
 
     accept = acceptor(sample)  # constraints hear every token handed out, before the next is decided
+    observe = getattr(sample, "observe", None)  # a logprob recorder: told each kept token and its row
+    sample = getattr(sample, "inner", sample)  # drafting and deciding use the sampler itself
     history = list(prompt)
-    first = int(sample(history, prefill(backend, prompt, cached, prefill_chunk)))
+    logits = prefill(backend, prompt, cached, prefill_chunk)
+    first = int(sample(history, logits))
+    if observe is not None:
+        observe(history, logits, first)
     if on_prefilled:
         on_prefilled()
     k = max(1, min(spec.tokens, MAX_DRAFT))
@@ -292,6 +297,8 @@ def speculative_stream(
                 kept += drafted
                 stats.accepted += drafted
                 spec.accepted += drafted
+                if observe is not None:
+                    observe(history, rows[j], tid)
                 accept(tid)
                 history.append(tid)
                 stats.from_draft.append(drafted)
