@@ -110,11 +110,24 @@ class Verify(Protocol):
 
 @runtime_checkable
 class State(Protocol):
-    """Save the cache to a file and restore it (saved prompt caches); load returns the positions restored."""
+    """Copy the cache out as bytes and back in: saved prompt caches (``mlxgen.prompt_file``)
+    and the server's in-memory LRU of earlier prefixes (``mlxgen.prompt_cache.PrefixLRU``).
 
-    def save_state(self, path: Path) -> None: ...
+    ``save_state()`` serializes the positions the cache holds (``n_cached``) in the
+    library's own format (llama.cpp: ``llama_state_seq_get_data`` of sequence 0; MLX:
+    mlx-lm's ``save_prompt_cache``). ``load_state(data, ids)`` replaces the cache with
+    them and returns the positions restored; ``ids`` are the tokens at those positions
+    (llama-cpp-python keeps a token record beside the cache). Bytes that do not fit this
+    model or context raise ``ValueError`` and leave the cache empty. ``state_version``
+    names the library and its version: its format changes between versions, so a state is
+    loaded only by the same one (``mlxgen.prompt_file`` checks it).
+    """
 
-    def load_state(self, path: Path) -> int: ...
+    state_version: str
+
+    def save_state(self) -> bytes: ...
+
+    def load_state(self, data: bytes, ids: Sequence[int]) -> int: ...
 
 
 @runtime_checkable

@@ -151,6 +151,33 @@ class LlamaCppBackend:
     def n_cached(self) -> int:
         return self._llm.n_tokens
 
+    # ------------------------------------------------------------- state (base.State)
+    state_version = f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')}"
+
+    def save_state(self) -> bytes:
+        """Sequence 0's KV cells (``llama_state_seq_get_data``): no logits, no scores."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        return ctypes.string_at(buf, n)
+
+    def load_state(self, data: bytes, ids: Sequence[int]) -> int:
+        """Replace the cache with a saved sequence (``llama_state_seq_set_data``); the positions restored."""
+        self.trim(0)
+        if not data:
+            raise ValueError("an empty state")
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), 0) != len(data):
+            self.trim(0)
+            raise ValueError("llama.cpp refused the state (another model, context or KV type)")
+        n = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self._ctx), 0)) + 1
+        if n != len(ids) or n > self.n_ctx:
+            self.trim(0)
+            raise ValueError(f"the state holds {n} positions, not the {len(ids)} tokens recorded with it")
+        self._llm.input_ids[:n] = list(ids)
+        self._llm.n_tokens = n
+        return n
+
     def native_stream(self, ids: Sequence[int], cached: int, n: int):
         """llama-cpp-python's own `Llama.generate` loop, greedy, on this model: the bench baseline.
 

@@ -10,6 +10,7 @@ Weights come from ``prepare``: an MLX folder, a converted Hub repo, or an import
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -194,6 +195,38 @@ class MLXBackend:
         for c in self.cache:  # each layer to n_tokens, even if an interrupted pass left them apart
             c.trim(max(0, int(c.offset) - n_tokens))
 
+    # ------------------------------------------------------------- state (base.State)
+    @property
+    def state_version(self) -> str:
+        return f"mlx {mx.__version__}, mlx-lm {_version('mlx-lm')}"
+
+    def save_state(self) -> bytes:
+        """The cache as mlx-lm's own prompt-cache file (``save_prompt_cache``: safetensors), in memory."""
+        from mlx_lm.models.cache import save_prompt_cache
+
+        buf = _Safetensors()
+        save_prompt_cache(buf, self.cache)
+        return buf.getvalue()
+
+    def load_state(self, data: bytes, ids: Sequence[int]) -> int:
+        """Replace the cache with one ``save_state`` made (``load_prompt_cache``); the positions restored."""
+        from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache
+
+        self.trim(0)
+        try:
+            cache = load_prompt_cache(_Safetensors(data))
+        except Exception as e:  # not safetensors, a cache class this mlx-lm lacks, a bad layout
+            raise ValueError(f"mlx-lm cannot read the state ({first_line(e)})") from None
+        fresh = make_prompt_cache(self.model)
+        if [type(c) for c in cache] != [type(c) for c in fresh]:
+            raise ValueError("the state's cache layers are not this model's")
+        n = min(int(c.offset) for c in cache) if cache else 0
+        if n != len(ids) or n > self.n_ctx or any(int(c.offset) != n for c in cache):
+            raise ValueError(f"the state holds {n} positions, not the {len(ids)} tokens recorded with it")
+        mx.eval([c.state for c in cache])
+        self.cache = cache
+        return n
+
     def native_stream(self, ids: Sequence[int], cached: int, n: int):
         """mlx-lm's own `stream_generate`, greedy, on this model: the bench baseline.
 
@@ -264,6 +297,21 @@ class MLXBackend:
 
 ROLLBACK_REFUSED = ("speculative decoding needs a KV cache that can roll back, and this model's MLX cache "
                     "cannot (recurrent or sliding-window layers); run without --draft-model/--lookup")
+
+
+class _Safetensors(io.BytesIO):
+    """An in-memory file mlx-lm's prompt-cache functions accept (they read the format from the name)."""
+
+    name = "state.safetensors"
+
+
+def _version(dist: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "?"
 
 
 def _room_to_trim(cache, n: int) -> bool:

@@ -13,6 +13,8 @@ Scenarios (each kill is followed by the next, unkilled run):
            FILE already holding an earlier trace; the kills at random times also clear
            the gguf-vocab cache first, so that build can be killed too.
   save     `mlxgen chat` answering one line, then `/save FILE` over an earlier save.
+  promptcache  `mlxgen cache-prompt -o FILE` (llama.cpp) over an earlier saved prompt cache;
+           the next `run --prompt-cache FILE` must load it (no corrupt load) and give the cold tokens.
 
 Half the kills land at a random time over a whole run; the other half at a random
 moment after the write region opened (the build's temp folder or the trace's temp file
@@ -406,6 +408,83 @@ def scenario_save(kills: int, work: Path, rng: random.Random, env: dict) -> Figu
     return fig
 
 
+# ------------------------------------------------------------------ saved prompt cache
+
+
+def scenario_promptcache(kills: int, work: Path, rng: random.Random, env: dict, repeat: int = 40) -> Figures:
+    """`mlxgen cache-prompt -o FILE` over an earlier saved cache (of a shorter prompt); killed throughout.
+
+    After each kill FILE must be the earlier file byte for byte, or a complete new one; the
+    next `run --prompt-cache FILE` must load it (a refused file is a corrupt load) and give
+    the reference tokens.
+    """
+    fig = Figures("promptcache")
+    t_start = time.monotonic()
+    env = {**env, "MLXGEN_CACHE": str(work / "pc-cache")}
+    out_dir = work / "pc-out"
+    out_dir.mkdir(exist_ok=True)
+    saved, doc = out_dir / "doc.mlxcache", out_dir / "doc.txt"
+    doc.write_text("The river runs past the mill and under the old stone bridge. " * repeat)
+    common = ["--backend", "llama.cpp", "--threads", "1", "--ctx", "2048"]
+    argv = mlxgen_argv("cache-prompt", *common, "-q", "-f", str(doc), "-o", str(saved))
+    earlier_argv = mlxgen_argv("cache-prompt", *common, "-q", "-p", doc.read_text()[: len(doc.read_text()) // 2],
+                               "-o", str(saved))
+    check = mlxgen_argv("run", *common, "--temperature", "0", "-n", "8", "--json", "-q", "--prompt-cache", str(saved),
+                        "-p", doc.read_text() + "Where does the river run?")
+    cold = run_ok([a for a in check if a not in ("--prompt-cache", str(saved))], env)
+    if cold.returncode != 0:
+        raise SystemExit(f"reference run failed: {cold.stderr.decode()[-500:]}")
+    want = json.loads(cold.stdout)["tokens"]
+    if run_ok(earlier_argv, env).returncode != 0:
+        raise SystemExit("the earlier cache-prompt failed")
+    earlier = saved.read_bytes()
+    t0 = time.monotonic()
+    if run_ok(argv, env).returncode != 0:
+        raise SystemExit("the reference cache-prompt failed")
+    full, new = time.monotonic() - t0, saved.read_bytes()
+
+    def tmp() -> list[Path]:
+        return sorted(out_dir.glob(".doc.mlxcache.tmp-*"))
+
+    i = 0
+    while fig.kills < kills:
+        saved.write_bytes(earlier)
+        when = kill_times(rng, i, full, 0.0)
+        shot = run_and_kill(argv, env, region=tmp if "after" in when else None, **when)
+        i += 1
+        if not shot.killed:
+            fig.finished_first += 1
+            continue
+        fig.kills += 1
+        left = tmp()
+        fig.mid_write += bool(left)
+        fig.leftover_tmp_max = max(fig.leftover_tmp_max, len(left))
+        fig.leftover_bytes_max = max(fig.leftover_bytes_max, size_of(left))
+        now = saved.read_bytes() if saved.exists() else None
+        if now is None:
+            fig.violations.append(f"kill {fig.kills}: the earlier prompt cache is gone")
+        elif now == earlier:
+            fig.outcomes["kept the earlier file"] += 1
+        elif now == new:
+            fig.outcomes["the complete new file"] += 1
+        else:
+            fig.violations.append(f"kill {fig.kills} at {shot.at:.2f}s: half-written prompt cache ({len(now)} bytes)")
+        nxt = run_ok(check, env)
+        err = nxt.stderr.decode()
+        if nxt.returncode != 0:
+            fig.violations.append(f"kill {fig.kills}: next run failed: {err.strip()[-300:]}")
+        elif "prompt cache not used" in err or not json.loads(nxt.stdout)["prompt_cache"]["used"]:
+            fig.violations.append(f"kill {fig.kills}: corrupt load: {err.strip()[-300:]}")
+        elif json.loads(nxt.stdout)["tokens"] != want:
+            fig.violations.append(f"kill {fig.kills}: tokens differ from a cold run")
+        else:
+            fig.outcomes["next run loaded it, cold tokens"] += 1
+    run_ok(argv, env)  # loading writes nothing; the next save removes what a killed one left
+    fig.leftover_end = len(tmp())
+    fig.seconds = time.monotonic() - t_start
+    return fig
+
+
 # ------------------------------------------------------------------ models
 
 
@@ -423,7 +502,8 @@ def tiny_models(work: Path) -> dict[str, Path]:
     return _MODELS[work]
 
 
-SCENARIOS = {"convert": scenario_convert, "gguf": scenario_gguf, "trace": scenario_trace, "save": scenario_save}
+SCENARIOS = {"convert": scenario_convert, "gguf": scenario_gguf, "trace": scenario_trace, "save": scenario_save,
+             "promptcache": scenario_promptcache}
 
 
 def main(argv: list[str] | None = None) -> int:

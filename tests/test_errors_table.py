@@ -344,6 +344,11 @@ def _triggers():
                                                "--threads", "1")
     T["trace-folder"] = lambda w, mp: cli("run", "hi", "--trace", str(w / "no" / "t.json"))
     T["trace-write"] = lambda w, mp: trace_write_error(w)
+    T["prompt-cache-write"] = lambda w, mp: [cli("cache-prompt", "hi", "-o", str(w / "no" / "p.mlxcache"))[0],
+                                              prompt_cache_readonly(w)]
+    T["prompt-cache-missing"] = lambda w, mp: cli("run", "hi", "--prompt-cache", str(w / "none.mlxcache"))
+    T["prompt-cache-read"] = lambda w, mp: cli("run", "hi", "--prompt-cache", str(w))
+    T["prompt-cache-backend"] = lambda w, mp: prompt_cache_no_state()
     T["logprobs-count"] = lambda w, mp: cli("run", "hi", "--logprobs", "0")
     T["logprobs-vocab"] = lambda w, mp: cli("run", "hi", "--logprobs", "999999", "-n", "1", "--backend", "llama.cpp",
                                             "--threads", "1")
@@ -806,6 +811,24 @@ def plot_write_fails(w: Path, mp) -> str:
     report = SimpleNamespace(settings=SimpleNamespace(tests=lambda: [test]), results=[result], backends=[],
                              result=lambda b, loop, t: result)
     return lib(bench_output.plot, report, str(w / "no-such-folder" / "p.png"))
+
+
+def prompt_cache_readonly(w: Path) -> str:
+    """`cache-prompt -o` onto a read-only path (as root too: /sys refuses new files)."""
+    need("llama_cpp")
+    smol()
+    target = "/sys/p.mlxcache" if os.path.isdir("/sys") and not os.access("/sys/p.mlxcache", os.F_OK) else None
+    if target is None:
+        pytest.skip("no read-only folder here")
+    return cli("cache-prompt", "hi", "--backend", "llama.cpp", "-t", "1", "-o", target)[0]
+
+
+def prompt_cache_no_state() -> str:
+    """A backend without base.State: saved prompt caches say so."""
+    from mlxgen import prompt_file
+
+    backend = SimpleNamespace(name="toy")
+    return lib(prompt_file.identity, SimpleNamespace(backend=backend))
 
 
 def serve_busy_port(w: Path) -> list[str]:

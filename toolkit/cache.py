@@ -37,6 +37,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     ``.tmp-*`` sibling (removed by the next write of ``path``), never a truncated
     ``path``. The file gets the mode a plain ``open`` would give it. Raises OSError.
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`atomic_write_text` for bytes (saved prompt caches)."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     sweep_tmp(Path(folder), name)
@@ -44,8 +49,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes it 0600; the user's file gets the usual mode
             os.fchmod(fd, _mode_for(path))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

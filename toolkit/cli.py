@@ -185,6 +185,38 @@ def prompt_options(f):
     return click.option("-p", "--prompt", "prompt_text", metavar="TEXT", help="The prompt (instead of PROMPT).")(f)
 
 
+def prompt_cache_options(f):
+    """--prompt-cache FILE (a saved prompt cache) and --prompt-cache-dir DIR (automatic, by prefix)."""
+    f = click.option("--prompt-cache-dir", "prompt_cache_dir", metavar="DIR",
+                     help="Save the prompt's fixed prefix (system prompt) here and load it on later runs "
+                          "(llm.prompt_cache_dir).")(f)
+    return click.option("--prompt-cache", "prompt_cache", metavar="FILE",
+                        help="Load this saved prompt cache (`mlxgen cache-prompt`); prefill only what follows it.")(f)
+
+
+def use_prompt_cache(sess, ids: list[int], path: str | None, quiet: bool) -> dict | None:
+    """Load ``--prompt-cache FILE`` (or the best file of ``--prompt-cache-dir``) into the session.
+
+    A file that cannot serve this model, version or setting is one warning line (shown even
+    with --quiet) and the prompt is prefilled as usual. Returns what ``--json`` reports.
+    """
+    from mlxgen import prompt_file
+
+    if path:
+        try:
+            n, seconds, size = prompt_file.load(path, sess)
+        except prompt_file.Refused as e:
+            warn([prompt_file.warning(path, e)])
+            return {"file": path, "used": False, "why": str(e)}
+        if not quiet:
+            click.echo(f"prompt cache: {n} tokens loaded from {path} in {seconds * 1e3:.0f} ms "
+                       f"({size / 2**20:.1f} MiB)", err=True)
+        return {"file": path, "used": True, "tokens": n, "load_s": round(seconds, 6), "bytes": size}
+    if sess.cfg.llm.prompt_cache_dir:
+        warn(prompt_file.auto(sess, sess.cfg.llm.prompt_cache_dir, ids))
+    return None
+
+
 def _overrides() -> dict[str, str]:
     """Each flag's config key: the sampling settings' from their table, then the rest."""
     from mlxgen import settings
@@ -200,6 +232,7 @@ def _overrides() -> dict[str, str]:
         "n_threads": "llm.n_threads",
         "n_gpu_layers": "llm.n_gpu_layers",
         "flash_attn": "llm.flash_attn",
+        "prompt_cache_dir": "llm.prompt_cache_dir",
         "draft": "inference.draft",
         "draft_tokens": "inference.draft_tokens",
         "lookup": "inference.lookup",
@@ -275,9 +308,10 @@ def model_source(value: str) -> dict[str, Any]:
 @click.option("--show-prompt", is_flag=True, help="Print the templated prompt and its token ids (stderr).")
 @click.option("--logprobs", type=int, metavar="K", help="Record the top-K log-probabilities of each token (--json, --trace).")
 @click.option("--quiet", "-q", is_flag=True, help="No stats on stderr.")
+@prompt_cache_options
 @prompt_options
 def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, show_prompt: bool, logprobs: int | None,
-        quiet: bool, **options: Any) -> None:
+        quiet: bool, prompt_cache: str | None, **options: Any) -> None:
     """Generate text for PROMPT (or -p TEXT, -f FILE, stdin), streamed to stdout."""
     if logprobs is not None and logprobs < 1:
         raise MlxgenError(f"--logprobs {logprobs}: expected a positive number of alternatives")
@@ -301,7 +335,8 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         sample = sess.sampler()
         matcher = sample.constraints[0] if sample.constraints else None  # the session's constraint, if any
         recorder = logprob_recorder(sess, logprobs, sample) if logprobs else None
-        events = sess.generate(ids, sample=recorder or sample)
+        saved = use_prompt_cache(sess, ids, prompt_cache, quiet)
+        events = sess.complete(ids, sample=recorder or sample)  # reuses what a prompt cache loaded
         done = render.stream(events, echo=not as_json, end="exact")
     finally:
         sess.close()
@@ -311,6 +346,8 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
         render.write_trace(trace, sess, ids, done, top)
     if as_json:
         result = render.result_dict(sess, plan, done, ids, top)
+        if saved is not None:
+            result["prompt_cache"] = saved
         if matcher is not None:
             result["constraint"] = constraint_report(matcher, done)
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -375,7 +412,8 @@ def logprob_recorder(sess, k: int, sample=None):
 @constraint_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per answer on stdout instead of streamed text.")
 @click.option("--quiet", "-q", is_flag=True, help="No banner and no per-turn stats on stderr.")
-def chat(as_json: bool, quiet: bool, **options: Any) -> None:
+@prompt_cache_options
+def chat(as_json: bool, quiet: bool, prompt_cache: str | None, **options: Any) -> None:
     """Talk with the model: one line per message, answers streamed; /help lists the commands.
 
     \b
@@ -390,6 +428,7 @@ def chat(as_json: bool, quiet: bool, **options: Any) -> None:
     sess = session.open_session(cfg, choice)
     try:
         warn(sess.warnings(), quiet)
+        use_prompt_cache(sess, sess.prompt("")[1], prompt_cache, quiet)  # the first turn reuses its prefix
         if not quiet:
             click.echo(f"mlxgen chat · {sess.backend.name} on {sess.backend.device} · context {sess.backend.n_ctx} "
                        f"tokens · {sess.template.origin} template · /help for commands, Ctrl-D to quit", err=True)
@@ -397,6 +436,53 @@ def chat(as_json: bool, quiet: bool, **options: Any) -> None:
     finally:
         sess.close()
     sys.exit(code)
+
+
+@cli.command("cache-prompt", short_help="Prefill a prompt once and save its KV cache to a file.")
+@click.argument("prompt", required=False)
+@config_options
+@click.option("-o", "--output", "out", required=True, metavar="FILE.mlxcache", help="The file to write.")
+@click.option("--quiet", "-q", is_flag=True, help="No stats on stderr.")
+@prompt_options
+def cache_prompt(prompt: str | None, out: str, quiet: bool, **options: Any) -> None:
+    """Prefill PROMPT (or -p TEXT, -f FILE, stdin), templated as `run` would, and save the KV cache.
+
+    \b
+    mlxgen cache-prompt -f manual.txt -o manual.mlxcache
+    mlxgen run --prompt-cache manual.mlxcache -f manual-and-question.txt
+
+    The file is valid for this model, backend (and its version) and KV settings only;
+    any other is refused with a warning and the prompt prefilled.
+    """
+    from mlxgen import prompt_file
+
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(out):
+        why = "is a folder" if os.path.isdir(out) else ("its folder does not exist" if not os.path.isdir(folder)
+                                                         else "its folder is not writable")
+        raise prompt_file.PromptCacheError(f"{out}: cannot write the prompt cache: {why}")
+    cfg = resolve_config(options)
+    facts = probe_hardware()
+    import time
+
+    from mlxgen import session
+    from mlxgen.loop import check_prompt
+
+    message = read_prompt(prompt, options)
+    sess = session.open_session(cfg, session.plan(cfg, facts).choice)
+    try:
+        prompt_file.identity(sess)  # a backend that cannot save says so before the prefill
+        _, ids = sess.prompt(message)
+        check_prompt(ids, sess.backend.n_ctx)
+        t0 = time.perf_counter()
+        sess.cache.fill(ids, prefill_chunk=None)
+        prefill_s = time.perf_counter() - t0
+        size, save_s = prompt_file.save(out, sess)
+    finally:
+        sess.close()
+    if not quiet:
+        click.echo(f"{out}: {len(ids)} tokens, {size / 2**20:.1f} MiB; prefilled in {prefill_s:.2f} s, "
+                   f"saved in {save_s * 1e3:.0f} ms", err=True)
 
 
 @cli.command(short_help='Count and list the tokens of a text, as run sees them.')
@@ -626,8 +712,11 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
               help="Largest request body in bytes (413 beyond).")
 @click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds a request's headers and body may take to arrive (408 beyond).")
+@click.option("--prefix-cache", default=4, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Keep the KV states of N earlier prompt prefixes in memory, so alternating conversations "
+                   "each reuse their own (0: only the live cache).")
 def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: int, read_timeout: float,
-          **options: Any) -> None:
+          prefix_cache: int, **options: Any) -> None:
     """Serve the model over OpenAI's API: POST /v1/chat/completions, /v1/completions; GET /v1/models,
     /health, and a chat page at /.
 
@@ -646,7 +735,7 @@ def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: i
     warn(sess.warnings())
     try:
         server = server_mod.make_server(sess, host, port, api_key=api_key, max_queue=max_queue, max_body=max_body,
-                                        read_timeout=read_timeout)
+                                        read_timeout=read_timeout, prefix_cache=prefix_cache)
     except OSError as e:
         sess.close()
         raise MlxgenError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None

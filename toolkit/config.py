@@ -77,6 +77,7 @@ class LLMConfig:
     # default turns it off. With it on, a multi-token pass gives bit-identical logits to one-token
     # steps, so speculative greedy output equals plain. MLX always uses its fused attention.
     flash_attn: bool = True
+    prompt_cache_dir: str | None = None  # saved prompt caches by prefix (mlxgen.prompt_file.auto)
     mlx: MLXSource = field(default_factory=MLXSource)
 
     _aliases = {"revision": "branch"}

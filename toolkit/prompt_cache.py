@@ -5,6 +5,11 @@ common prefix of what the cache holds and ``ids``, drops the rest, and says how 
 positions were kept, so the loop prefills only the new tokens. Chat turns, bench
 depths and the server's requests all go through it.
 
+With a :class:`PrefixLRU` (the server's), a prompt that would drop much of what the
+cache holds first saves it (``base.State.save_state``, in memory), and a prompt that
+shares more with an earlier saved prefix than with the live cache restores that one
+(``load_state``), so two conversations that alternate do not evict each other.
+
 It keeps a record of the ids it believes are cached. The backend says how many
 positions it really holds (``mlxgen.backends.base.n_cached``), so after an interrupted
 pass only the part of the record the backend vouches for is trusted. A backend that
@@ -13,9 +18,14 @@ cannot say reuses nothing.
 
 from __future__ import annotations
 
+import collections
+import logging
 from typing import Sequence
 
-from mlxgen.backends.base import Backend, n_cached
+from mlxgen.backends.base import Backend, State, n_cached
+
+log = logging.getLogger("mlxgen.prompt_cache")
+MIN_SWAP = 16  # tokens: a prefix saved or restored must be worth at least this many
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -26,10 +36,54 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+class PrefixLRU:
+    """Earlier prefixes' cache states in memory, most recently used last; bounded by count and bytes."""
+
+    def __init__(self, max_entries: int = 4, max_bytes: int = 2 << 30) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.entries: "collections.OrderedDict[tuple[int, ...], bytes]" = collections.OrderedDict()
+        self.saved = self.restored = 0  # counts, for the logs and the tests
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+    def best(self, ids: Sequence[int]) -> tuple[tuple[int, ...], int]:
+        """The entry sharing the longest prefix with ``ids``, and that length."""
+        found, n = (), 0
+        for key in self.entries:
+            c = common_prefix(key, ids)
+            if c > n:
+                found, n = key, c
+        return found, n
+
+    def covers(self, ids: Sequence[int]) -> bool:
+        """An entry already holds ``ids`` (as a prefix of its own)."""
+        return any(len(key) >= len(ids) and common_prefix(key, ids) == len(ids) for key in self.entries)
+
+    def put(self, ids: Sequence[int], state: bytes) -> None:
+        key = tuple(ids)
+        for old in [k for k in self.entries if common_prefix(k, key) == len(k)]:  # superseded by this one
+            del self.entries[old]
+        self.entries[key] = state
+        self.saved += 1
+        while self.entries and (len(self.entries) > self.max_entries or self.nbytes > self.max_bytes):
+            self.entries.popitem(last=False)
+
+    def take(self, key: tuple[int, ...]) -> bytes:
+        self.entries.move_to_end(key)
+        self.restored += 1
+        return self.entries[key]
+
+    def drop(self, key: tuple[int, ...]) -> None:
+        self.entries.pop(key, None)
+
+
 class PromptCache:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, lru: PrefixLRU | None = None) -> None:
         self.backend = backend
         self._ids: list[int] = []
+        self.lru = lru if isinstance(backend, State) else None
 
     @property
     def ids(self) -> list[int]:
@@ -42,10 +96,28 @@ class PromptCache:
         At least one token of ``ids`` is left to prefill (the loop needs its logits).
         From here until :meth:`record`, the record is ``ids`` (the prompt is being prefilled).
         """
+        if self.lru is not None:
+            self._swap(ids)
         reused = min(common_prefix(self.ids, ids), max(len(ids) - 1, 0))
         self.backend.trim(reused)
         self._ids = list(ids)
         return reused
+
+    def _swap(self, ids: Sequence[int]) -> None:
+        """Save what the cache holds if ``ids`` would drop much of it; restore a better saved prefix."""
+        held = self.ids
+        keep = common_prefix(held, ids)
+        if len(held) - keep >= MIN_SWAP and not self.lru.covers(held):
+            self.lru.put(held, self.backend.save_state())
+        key, n = self.lru.best(ids)
+        if n < keep + MIN_SWAP:
+            return
+        try:
+            self._ids = list(key[: self.backend.load_state(self.lru.take(key), key)])
+        except ValueError as e:  # cannot happen with states this process saved; never fatal
+            log.warning("a saved prefix could not be restored (%s); prefilling", e)
+            self.lru.drop(key)
+            self.reset()
 
     def record(self, ids: Sequence[int]) -> None:
         """What the cache holds now (the prompt plus the tokens generated after it)."""

@@ -10,7 +10,9 @@ at once.
 
 The queue is FIFO and bounded: :meth:`Worker.submit` refuses a job beyond it (the
 server answers 503 with ``Retry-After``). Prompts reuse the longest prefix the
-backend's cache holds (``Session.complete``), across requests.
+backend's cache holds (``Session.complete``), across requests; with ``prefix_cache`` N
+the worker also keeps the states of N earlier prefixes in memory (``PrefixLRU``), so
+conversations that take turns each find their own history.
 
 Batching comes next without touching the HTTP side: a batched worker takes up to B
 jobs from the same queue and steps them together; a job's channels stay the same.
@@ -72,8 +74,12 @@ def additive_penalties(frequency: float, presence: float, n_prompt: int, ops):
 
 
 class Worker:
-    def __init__(self, sess, max_queue: int = 32) -> None:
+    def __init__(self, sess, max_queue: int = 32, prefix_cache: int = 0) -> None:
+        from mlxgen.prompt_cache import PrefixLRU, PromptCache
+
         self.sess = sess
+        if sess is not None:  # earlier prefixes in memory, where the backend can save its cache (base.State)
+            sess.cache = PromptCache(sess.backend, PrefixLRU(prefix_cache) if prefix_cache > 0 else None)
         self.jobs: "queue.Queue[Job | None]" = queue.Queue(maxsize=max_queue)
         self.thread = threading.Thread(target=self.run, name="mlxgen-worker", daemon=True)
         self.served = 0

@@ -53,10 +53,33 @@ class Session:
     processors: tuple[Processor, ...] = ()  # logits processors every run of this session applies
     constraint: "Grammar | None" = None  # inference.constraint bound to the model: a fresh matcher per run
     speculation: Any = None  # mlxgen.speculative.Speculation: a drafter (--draft-model, --lookup), else None
+    weights: Any = None  # the local weights the backend loaded (a file or folder): what model_key hashes
     cache: PromptCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.cache = PromptCache(self.backend)
+        self._model_key: str | None = None
+
+    @property
+    def model_key(self) -> str:
+        """The loaded model's identity by content (saved prompt caches record it): a GGUF's
+        ``cache.fingerprint``; for a model folder, its config and weight files' fingerprints."""
+        if self._model_key is None:
+            import hashlib
+            from pathlib import Path
+
+            from mlxgen.cache import fingerprint
+
+            path = Path(self.weights) if self.weights is not None else None
+            if path is None:
+                key = f"unknown:{self.backend.name}"
+            elif path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+                key = hashlib.sha256("|".join(f"{p.name}:{fingerprint(p)}" for p in files).encode()).hexdigest()[:20]
+            else:
+                key = fingerprint(path)
+            self._model_key = key
+        return self._model_key
 
     def prompt(self, message: str) -> tuple[str, list[int]]:
         """The templated prompt text and its token ids."""
@@ -171,7 +194,7 @@ def open_session(cfg: Config, choice: hardware.Choice) -> Session:
         raise
     load_s = time.perf_counter() - t0
     sess = Session(cfg, choice, backend, tokenizer, eos_ids, prompt_spec(cfg, tokenizer), load_s,
-                   speculation=speculation)
+                   speculation=speculation, weights=weights)
     if spec is not None:
         try:
             sess.constraint = constraint.bind(spec, tokenizer, backend.vocab_size, eos_ids)
