@@ -97,8 +97,13 @@ class Chunked(Protocol):
 class Verify(Protocol):
     """Extend the cache by ``ids`` and return the logits at every one of those positions.
 
-    Speculative decoding: ``trim`` rolls back what the target rejects.
+    Speculative decoding: ``trim`` rolls back what the target rejects. ``verify_note`` is None
+    where rows equal what one-token ``step`` calls give, up to the kernels' rounding (bit for
+    bit on MLX and on llama.cpp's quantized models with flash attention), so speculative
+    greedy output equals plain greedy output; else it says why not, for a warning.
     """
+
+    verify_note: str | None
 
     def verify(self, ids: Sequence[int]) -> Logits: ...  # shape (len(ids), vocab_size)
 

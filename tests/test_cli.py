@@ -281,6 +281,15 @@ def test_flags_that_do_nothing_say_so(cache_env):
     assert proc.returncode == 0, err
     assert "mlxgen: warning: --no-think does nothing: --raw has no template" in err
     assert "mlxgen: warning: --gpu-layers 5 does nothing: llama.cpp runs on the CPU here" in err
+    assert "flash attention" not in err
+
+
+def test_speculation_without_flash_attention_warns_it_may_part_from_plain(cache_env):
+    proc = mlxgen("run", "hi", "--no-flash-attn", "--lookup", "4", "-n", "2", "--temperature", "0",
+                  "--backend", "llama.cpp", "-t", "1", env=cache_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "mlxgen: warning: llama.cpp without flash attention computes a multi-token pass differently" in err
 
 
 def test_a_requested_backend_that_fits_worse_is_named():

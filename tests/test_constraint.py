@@ -172,6 +172,22 @@ def test_rollback_forgets_drafted_tokens(btok):
     assert m.accepted == 0
 
 
+def test_rollback_past_an_eos_after_the_end_rolls_back_only_what_was_consumed(btok):
+    """A draft may propose "…done" then EOS; the EOS after the end is not consumed, so rolling
+    both back must undo one grammar token, not two (it undid one too many, and a later token
+    the grammar forbids got through)."""
+    g = grammar(btok, "regex", r"ab")
+    m = g.matcher()
+    m.accept(ord("a"))
+    before = m.mask().copy()
+    m.accept(ord("b"))
+    m.accept(btok.eos_id)
+    m.accept(btok.eos_id)  # after the end: ignored
+    m.rollback(3)
+    assert m.accepted == 1
+    np.testing.assert_array_equal(m.mask(), before)
+
+
 def test_a_forbidden_token_is_an_error_not_silence(btok):
     m = grammar(btok, "regex", r"ab").matcher()
     with pytest.raises(Exception, match="forbids"):

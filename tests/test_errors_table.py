@@ -440,7 +440,6 @@ def _triggers():
     T["spec-rollback"] = lambda w, mp: spec_rollback(mp)
     T["spec-draft-vocab-size"] = lambda w, mp: spec_vocab_size()
     T["spec-draft-vocab"] = lambda w, mp: spec_vocab_pieces()
-    T["spec-constraints"] = lambda w, mp: spec_constraints()
     T["spec-draft-backend"] = lambda w, mp: cli("run", "hi", "--backend", "llama.cpp", "--threads", "1",
                                                 "--draft-model", str(mlx_folder(w)))
     T["spec-draft-and-lookup"] = lambda w, mp: cli("run", "hi", "--lookup", "3", "--draft-model", "x.gguf")
@@ -739,20 +738,6 @@ def spec_rollback(mp) -> str:
     backend.cache = [SimpleNamespace(offset=10)]
     mp.setattr(mcache, "can_trim_prompt_cache", lambda cache: False)
     return lib(backend.verify, [1, 2])
-
-
-def spec_constraints() -> str:
-    from toy_lm import ToyLM
-
-    from mlxgen.loop import generate
-    from mlxgen.speculative import Lookup, Speculation
-
-    def sample(h, x):
-        return 1
-
-    sample.accept, sample.rollback, sample.constraints = (lambda t: None), (lambda n: None), (object(),)
-    events = generate(ToyLM(6), [1], sample, str, max_tokens=3, speculation=Speculation(Lookup(), 2))
-    return lib(list, events)
 
 
 def spec_vocab_size() -> str:

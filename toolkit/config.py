@@ -73,6 +73,10 @@ class LLMConfig:
     n_ctx: int = 4096
     n_threads: int | None = None  # None: one per available core
     n_gpu_layers: int | None = None  # None: decided by hardware detection
+    # llama.cpp's flash attention: on, as llama.cpp's own default (-fa auto); llama-cpp-python's
+    # default turns it off. With it on, a multi-token pass gives bit-identical logits to one-token
+    # steps, so speculative greedy output equals plain. MLX always uses its fused attention.
+    flash_attn: bool = True
     prompt_cache_dir: str | None = None  # saved prompt caches by prefix (mlxgen.prompt_file.auto)
     mlx: MLXSource = field(default_factory=MLXSource)
 

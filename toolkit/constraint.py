@@ -266,6 +266,7 @@ class Matcher:
         self.name = f"constraint {grammar.spec.label}"
         self.accepted = 0  # tokens accepted so far (the EOS included)
         self.open_tokens = 0  # of those, accepted while the grammar was not yet complete
+        self._consumed: list[bool] = []  # per accepted token: did llguidance consume it (rollback counts these)
 
     def mask(self) -> Any:
         """{0, -inf} per id for the next position, as the ops' array (length: the model's vocabulary)."""
@@ -280,15 +281,24 @@ class Matcher:
     def accept(self, token: int) -> None:
         if self._m.is_stopped() and token in self.grammar.eos_ids:
             self.accepted += 1  # EOS again after the end (EOS ignored, as bench does): nothing to match
+            self._consumed.append(False)
             return
         if not self._m.consume_token(token):
             raise MlxgenError(f"{self.name}: token {token} was drawn but the grammar forbids it "
                               f"({_one_line(self._m.get_error())})")
         self.accepted += 1
+        self._consumed.append(True)
         self.open_tokens += not self._m.is_stopped()
 
     def rollback(self, n: int) -> None:
-        if n and not self._m.rollback(n):
+        """Forget the last ``n`` accepted tokens (an EOS after the end was never consumed: not rolled back)."""
+        if n <= 0:
+            return
+        if n > len(self._consumed):
+            raise MlxgenError(f"{self.name}: cannot roll back {n} tokens (only {len(self._consumed)} accepted)")
+        undone, self._consumed = self._consumed[-n:], self._consumed[:-n]
+        consumed = sum(undone)
+        if consumed and not self._m.rollback(consumed):
             raise MlxgenError(f"{self.name}: cannot roll back {n} tokens ({_one_line(self._m.get_error())})")
         self.accepted -= n
         self.open_tokens = min(self.open_tokens, self.accepted)

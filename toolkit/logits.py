@@ -167,17 +167,21 @@ class LogprobRecorder:
 
     def __init__(self, sample, k: int, ops: Any = NUMPY) -> None:
         self.sample, self.k, self.ops = sample, k, ops
+        self.inner = sample  # speculative decoding drafts and decides with this, and calls observe per kept token
         self.needs_history = getattr(sample, "needs_history", True)
         self.constraints = getattr(sample, "constraints", ())
         self.accept, self.rollback = acceptor(sample), getattr(sample, "rollback", None)
         self.records: list[tuple[int, float, list[tuple[int, float]]]] = []
 
     def __call__(self, history: Sequence[int], logits: Any):
-        lp = log_softmax(to_numpy(logits, self.ops))
         token = self.sample(history, logits)
-        tid = int(token)
-        self.records.append((tid, float(lp[tid]), [(int(i), float(lp[i])) for i in top_ids(lp, self.k)]))
+        self.observe(history, logits, int(token))
         return token
+
+    def observe(self, history: Sequence[int], logits: Any, tid: int) -> None:
+        """Record token ``tid`` drawn from ``logits`` (the model's raw row at that position)."""
+        lp = log_softmax(to_numpy(logits, self.ops))
+        self.records.append((tid, float(lp[tid]), [(int(i), float(lp[i])) for i in top_ids(lp, self.k)]))
 
     def entries(self, tok, trace: Sequence[tuple[int, float]]) -> list[dict]:
         """One entry per token of ``trace`` (the EOS included), in order."""

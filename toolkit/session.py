@@ -16,7 +16,7 @@ from mlxgen.config import Config
 from mlxgen.constraint import Grammar
 from mlxgen.loop import Done, Event, generate
 from mlxgen.prompt_cache import PromptCache
-from mlxgen.sampling import NUMPY, Processor, SamplingParams, hears_tokens, make_sampler
+from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_sampler
 from mlxgen.tokenizer import Tokenizer
 
 
@@ -124,7 +124,6 @@ class Session:
         ``speculate``: False runs plain decoding even when the session has a drafter (bench).
         """
         sample = sample or self.sampler(processors=processors)
-        speculate = speculate and not hears_tokens(sample)  # the speculative stream does not roll constraints back
         return generate(
             self.backend,
             ids,
@@ -166,8 +165,9 @@ class Session:
                 "enable_thinking" not in spec.template and not spec.think_token)):
             why = "--raw has no template" if spec.template is None else "the model has no thinking switch"
             out.append(f"--{'think' if inf.thinking else 'no-think'} does nothing: {why}")
-        if self.speculation is not None and self.constraint is not None:
-            out.append("speculative decoding is off while a constraint is on (it cannot roll a grammar back yet)")
+        note = getattr(self.backend, "verify_note", None) if self.speculation is not None else None
+        if note:
+            out.append(note)
         layers = self.cfg.llm.n_gpu_layers
         if layers and not self.choice.gpu:
             out.append(f"--gpu-layers {layers} does nothing: {self.choice.backend} runs on the CPU here")

@@ -16,6 +16,12 @@ A drafter proposes up to k tokens after the history: a small draft model
 If every draft is kept, the last row gives one more token for free. ``trim`` drops
 the rejected positions, so between rounds the target's cache holds the history but its
 last token, exactly as in ``loop.token_stream``.
+
+Constraints (``--json-schema`` …) work as in plain decoding: every token handed out is
+given to the sampler's ``accept`` before the next row is decided, so row j is masked by
+the grammar's state after the tokens kept before it, and a lookup draft the grammar
+forbids has p = 0 and is rejected. A draft model proposes under the same constraint: it
+accepts each token it drafts and rolls them all back before the target decides.
 """
 
 from __future__ import annotations
@@ -134,18 +140,25 @@ class DraftModel:
         self._ids = list(history)
         h, tokens, rows = list(history), [], []
         greedy = sample.params.greedy
-        for j in range(k):
-            if greedy:
-                tid = int(sample(h, logits))
-            else:
-                q = _numpy(sample.probs(h, logits), self.vocab_size)
-                tid = int(draw_probs(q, 1.0 - self.rng.random(), NUMPY))
-                rows.append(q)
-            tokens.append(tid)
-            h.append(tid)
-            if j < k - 1:
-                logits = self.backend.step(tid)
-                self._ids.append(tid)
+        accept, rollback = getattr(sample, "accept", None), getattr(sample, "rollback", None)
+        try:
+            for j in range(k):
+                if greedy:
+                    tid = int(sample(h, logits))
+                else:
+                    q = _numpy(sample.probs(h, logits), self.vocab_size)
+                    tid = int(draw_probs(q, 1.0 - self.rng.random(), NUMPY))
+                    rows.append(q)
+                tokens.append(tid)
+                h.append(tid)
+                if j < k - 1:
+                    if accept is not None:  # the next draft is masked by the grammar's state after this one
+                        accept(tid)
+                    logits = self.backend.step(tid)
+                    self._ids.append(tid)
+        finally:
+            if rollback is not None and len(tokens) > 1:
+                rollback(len(tokens) - 1)  # the target decides from the state before the drafts
         return tokens, (np.stack(rows) if rows else None)
 
     def close(self) -> None:
@@ -254,17 +267,21 @@ def speculative_stream(
     """``loop.token_stream``'s contract (up to ``limit`` ids, the same cache state between
     tokens), with drafted tokens checked ``spec.tokens`` at a time."""
     check(backend)
-    from mlxgen.sampling import hears_tokens
+    from mlxgen.sampling import acceptor
 
-    if hears_tokens(sample):  # constraints keep state; the drafter would walk it past the accepted tokens
-        raise ModelError("speculative decoding does not run with constraints (--json-schema, --regex, --grammar) yet; "
-                         "run without --draft-model/--lookup")
+    accept = acceptor(sample)  # constraints hear every token handed out, before the next is decided
+    observe = getattr(sample, "observe", None)  # a logprob recorder: told each kept token and its row
+    sample = getattr(sample, "inner", sample)  # drafting and deciding use the sampler itself
     history = list(prompt)
-    first = int(sample(history, prefill(backend, prompt, cached, prefill_chunk)))
+    logits = prefill(backend, prompt, cached, prefill_chunk)
+    first = int(sample(history, logits))
+    if observe is not None:
+        observe(history, logits, first)
     if on_prefilled:
         on_prefilled()
     k = max(1, min(spec.tokens, MAX_DRAFT))
     try:
+        accept(first)
         history.append(first)
         stats.from_draft.append(False)
         yield first
@@ -280,6 +297,9 @@ def speculative_stream(
                 kept += drafted
                 stats.accepted += drafted
                 spec.accepted += drafted
+                if observe is not None:
+                    observe(history, rows[j], tid)
+                accept(tid)
                 history.append(tid)
                 stats.from_draft.append(drafted)
                 yield tid
