@@ -69,11 +69,12 @@ class LlamaCppBackend:
     name = "llama.cpp"
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0, n_batch: int = 512,
-                 kv_bits: int | None = None):
+                 kv_bits: int | None = None, flash_attn: bool = False):
         kv_name, kv_type, _, _ = KV_TYPES[kv_bits]
         # A quantized cache: K and V both. llama.cpp refuses a quantized V cache without flash
         # attention, and llama-cpp-python's flash_attn=False means *disabled* (not auto): turn it on.
-        quantized = {"type_k": kv_type, "type_v": kv_type, "flash_attn": True} if kv_bits else {}
+        quantized = {"type_k": kv_type, "type_v": kv_type} if kv_bits else {}
+        flash_attn = flash_attn or bool(kv_bits)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
@@ -84,6 +85,7 @@ class LlamaCppBackend:
                 n_gpu_layers=n_gpu_layers,
                 logits_all=False,
                 verbose=False,
+                flash_attn=flash_attn,
                 **quantized,
             )
         except (ValueError, RuntimeError, OSError) as e:
