@@ -91,19 +91,17 @@ def mlx_bytes(backend, depth: int) -> int:
     backend.model(mx.array([[1]]), cache=probe)
     total = 0
     for c, p in zip(cache, probe):
-        keys, values = (p.keys[0] if isinstance(p.keys, (list, tuple)) else p.keys), None
-        if hasattr(p, "bits"):  # quantized probe: shapes from the packed arrays
-            _, heads, _, _ = p.keys[0].shape
-            kdim = p.keys[0].shape[-1] * 32 // p.bits
-            vdim = p.values[0].shape[-1] * 32 // p.bits
+        if hasattr(p, "bits"):  # quantized: the packed shapes, the scales' dtype (what the model computes in)
+            _, heads, _, packed = p.keys[0].shape
+            kdim, vdim, dtype = packed * 32 // p.bits, p.values[0].shape[-1] * 32 // p.bits, p.keys[1].dtype
         else:
-            _, heads, _, kdim = keys.shape
-            vdim = p.values.shape[-1]
+            _, heads, _, kdim = p.keys.shape
+            vdim, dtype = p.values.shape[-1], p.keys.dtype
         done = 0
         while done < depth:
             n = min(512, depth - done)
-            c.update_and_fetch(mx.random.normal((1, heads, n, kdim)).astype(mx.float16),
-                               mx.random.normal((1, heads, n, vdim)).astype(mx.float16))
+            c.update_and_fetch(mx.random.normal((1, heads, n, kdim)).astype(dtype),
+                               mx.random.normal((1, heads, n, vdim)).astype(dtype))
             done += n
         mx.eval(c.state if not hasattr(c, "bits") else [c.keys, c.values])
         total += int(c.nbytes)

@@ -78,10 +78,14 @@ class Conversation:
         overflow = self.sess.overflow("shift")  # chat's default: a full context drops the oldest turns
         start, before = self.start, len(ids)
         if overflow == "shift":
-            reserve = min(self.params.max_length, n_ctx // 4)  # room for the answer before a mid-answer shift
-            while len(ids) + reserve > n_ctx and self.start < len(self.messages):
-                self.start += 2
-                ids = self.prompt_ids(user)
+            # Room for the answer (past it, the answer itself shifts). When it runs out, drop the
+            # oldest turns until the prompt takes half the context, as llama.cpp discards half:
+            # a shift every few turns, not every turn (each one re-prefills on a backend without Shift).
+            reserve = min(self.params.max_length, n_ctx // 4)
+            if len(ids) + reserve > n_ctx:
+                while len(ids) > n_ctx // 2 and self.start < len(self.messages):
+                    self.start += 2
+                    ids = self.prompt_ids(user)
             if len(ids) >= n_ctx:
                 self.start = start
                 raise ContextFull(f"the message is {len(ids)} tokens with the template and the system prompt, and the "
