@@ -233,7 +233,9 @@ class MLXBackend:
 
         size = sum(int(c.nbytes) for c in self.cache if not c.empty())
         plain = sum(not isinstance(c, QuantizedKVCache) for c in self.cache)
-        kind = f"{self.kv_bits}-bit (group {self.kv_group})" if self.kv_bits else "full precision"
+        keys = next((c.keys for c in self.cache if not c.empty() and isinstance(getattr(c, "keys", None), mx.array)), None)
+        full = f"full precision ({str(keys.dtype).replace('mlx.core.', '')})" if keys is not None else "full precision"
+        kind = f"{self.kv_bits}-bit (group {self.kv_group})" if self.kv_bits else full
         note = f"{plain} of {len(self.cache)} layers keep their own full-precision cache" if self.kv_bits and plain else ""
         return {"type": kind, "bytes": size, "note": note}
 
