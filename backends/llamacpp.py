@@ -37,6 +37,8 @@ def prepare(cfg: Config) -> Path:
     info = check_gguf(path)
     gguf_check.check_model(path, info)
     need, have = gguf_check.kv_cache_bytes(info, cfg.llm.n_ctx), _total_memory()
+    _, _, block_bytes, block = KV_TYPES[cfg.llm.kv_quant]
+    need = need and need * block_bytes // (2 * block)  # kv_cache_bytes counts f16: 2 bytes a value
     if need and have and need > have:
         raise ConfigError(
             f"llm.n_ctx: {cfg.llm.n_ctx} positions need {need / 2**30:.1f} GiB of KV cache for {path.name}, "
@@ -231,5 +233,7 @@ def doctor_rows() -> list[tuple[str, str]]:
     return [
         ("llama-cpp-python", getattr(llama_cpp, "__version__", "?")),
         ("llama.cpp GPU offload", "yes" if llama_cpp.llama_supports_gpu_offload() else "no (CPU build)"),
+        ("llama.cpp KV cache", "f16; --kv-bits 8|4: q8_0|q4_0 K and V, with flash attention turned on (a quantized "
+                               "V cache needs it; llama-cpp-python's flash_attn=False disables it)"),
         ("llama.cpp system info", llama_cpp.llama_print_system_info().decode(errors="replace").strip()),
     ]

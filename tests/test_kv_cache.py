@@ -127,3 +127,15 @@ def test_bad_values_are_one_line(env, args, key):
     proc = mlxgen("run", "hi", *args, env=env)
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.count("\n") == 1 and key in err and "Traceback" not in err
+
+
+def test_llamacpp_memory_check_counts_the_quantized_cache(monkeypatch):
+    """100,000 positions: 2.1 GiB of f16 KV cache do not fit 1 GiB; in q4_0 (0.6 GiB) they do."""
+    from mlxgen.backends import llamacpp
+    from mlxgen.config import load_config
+    from mlxgen.errors import ConfigError
+
+    monkeypatch.setattr(llamacpp, "_total_memory", lambda: 2**30)
+    with pytest.raises(ConfigError, match="GiB of KV cache"):
+        llamacpp.prepare(load_config(None, {"llm.n_ctx": 100_000}))
+    assert llamacpp.prepare(load_config(None, {"llm.n_ctx": 100_000, "llm.kv_bits": 4})).exists()
