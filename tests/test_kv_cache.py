@@ -139,3 +139,15 @@ def test_llamacpp_memory_check_counts_the_quantized_cache(monkeypatch):
     with pytest.raises(ConfigError, match="GiB of KV cache"):
         llamacpp.prepare(load_config(None, {"llm.n_ctx": 100_000}))
     assert llamacpp.prepare(load_config(None, {"llm.n_ctx": 100_000, "llm.kv_bits": 4})).exists()
+
+
+def test_bench_reports_the_kv_cache(env):
+    proc = mlxgen("bench", "--backend", "llama.cpp", "-t", "1", "--ctx", "256", "-p", "8", "-n", "4", "-r", "1",
+                  "--warmup", "0", "--kv-bits", "8", "-o", "json", env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    rows = json.loads(proc.stdout)
+    rows = rows if isinstance(rows, list) else rows["results"]
+    assert rows and all(r["kv_type"] == "q8_0" and r["kv_bytes"] == 256 * 30 * 2 * 3 * 64 * 34 // 32 for r in rows)
+    md = mlxgen("bench", "--backend", "llama.cpp", "-t", "1", "--ctx", "256", "-p", "8", "-n", "4", "-r", "1",
+                "--warmup", "0", env=env)
+    assert "KV cache f16 5.62 MiB" in md.stdout.decode()  # 256 x 30 x 2 x 3 x 64 x 2 bytes
