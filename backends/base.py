@@ -131,6 +131,28 @@ class State(Protocol):
 
 
 @runtime_checkable
+class Shift(Protocol):
+    """Drop the cached positions ``[start, start + n)`` in place; the later ones move down by ``n``.
+
+    llama.cpp's context shift (its RoPE keys are re-rotated). Returns False when this model's
+    cache cannot shift; the caller then trims to ``start`` and prefills the kept tokens again.
+    """
+
+    def shift(self, start: int, n: int) -> bool: ...
+
+
+@runtime_checkable
+class KVMemory(Protocol):
+    """What the KV cache is made of: ``{"type": "f16" | "q8_0" | "8-bit (group 64)" …, "bytes": int, "note": str}``.
+
+    ``bytes``: the memory the cache holds now (llama.cpp allocates its whole context at load;
+    MLX grows its cache with the positions filled).
+    """
+
+    def kv_cache(self) -> dict: ...
+
+
+@runtime_checkable
 class Pipelined(Protocol):
     """Queue step n+1 before token n reaches Python (MLX's ``mx.async_eval``).
 

@@ -37,6 +37,8 @@ def prepare(cfg: Config) -> Path:
     info = check_gguf(path)
     gguf_check.check_model(path, info)
     need, have = gguf_check.kv_cache_bytes(info, cfg.llm.n_ctx), _total_memory()
+    _, _, block_bytes, block = KV_TYPES[cfg.llm.kv_quant]
+    need = need and need * block_bytes // (2 * block)  # kv_cache_bytes counts f16: 2 bytes a value
     if need and have and need > have:
         raise ConfigError(
             f"llm.n_ctx: {cfg.llm.n_ctx} positions need {need / 2**30:.1f} GiB of KV cache for {path.name}, "
@@ -56,14 +58,26 @@ def load(weights: Path, cfg: Config, choice: Choice) -> "LlamaCppBackend":
     n_threads = cfg.llm.n_threads or (choice.n_threads if choice.gpu else cpu_threads(choice.n_threads))
     n_gpu_layers = cfg.llm.n_gpu_layers if cfg.llm.n_gpu_layers is not None else (-1 if choice.gpu else 0)
     return LlamaCppBackend(weights, n_ctx=cfg.llm.n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                           flash_attn=cfg.llm.flash_attn)
+                           kv_bits=cfg.llm.kv_quant, flash_attn=cfg.llm.flash_attn)
+
+
+# llm.kv_bits -> the ggml type of the K and V caches; bytes per block of values, values per block
+KV_TYPES = {None: ("f16", llama_cpp.GGML_TYPE_F16, 2, 1), 8: ("q8_0", llama_cpp.GGML_TYPE_Q8_0, 34, 32),
+            4: ("q4_0", llama_cpp.GGML_TYPE_Q4_0, 18, 32)}
+FLASH_NOTE = "flash attention stays on (--no-flash-attn ignored): llama.cpp needs it for a quantized V cache"
 
 
 class LlamaCppBackend:
     name = "llama.cpp"
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int = 0, n_batch: int = 512,
-                 flash_attn: bool = True):
+                 kv_bits: int | None = None, flash_attn: bool = True):
+        kv_name, kv_type, _, _ = KV_TYPES[kv_bits]
+        # A quantized cache: K and V both. llama.cpp refuses a quantized V cache without flash
+        # attention, and llama-cpp-python's flash_attn=False means *disabled* (not auto): turn it on.
+        quantized = {"type_k": kv_type, "type_v": kv_type} if kv_bits else {}
+        self._flash_forced = bool(kv_bits) and not flash_attn
+        flash_attn = flash_attn or bool(kv_bits)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
@@ -75,6 +89,7 @@ class LlamaCppBackend:
                 logits_all=False,
                 flash_attn=flash_attn,
                 verbose=False,
+                **quantized,
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelError(f"{path}: llama.cpp cannot load this model ({e})") from None
@@ -99,6 +114,8 @@ class LlamaCppBackend:
         self._logits_t = ctypes.POINTER(ctypes.c_float * self.vocab_size)
         self._verify_cap = min(n_batch, n_ctx)
         self._verify_batch = None  # a llama_batch, made on the first verify
+        self.kv_bits, self.kv_type = kv_bits, kv_name
+        self._can_shift = bool(llama_cpp.llama_memory_can_shift(self._llm._ctx.memory))
 
     def _last_logits(self) -> np.ndarray:
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
@@ -178,6 +195,35 @@ class LlamaCppBackend:
         self._llm.n_tokens = n
         return n
 
+    def shift(self, start: int, n: int) -> bool:
+        """llama.cpp's context shift: remove positions [start, start + n), move the rest down by n.
+
+        Guarded by ``llama_memory_can_shift`` (False: the caller re-prefills). The moved keys are
+        re-rotated by llama.cpp at the next decode; their values still saw the dropped tokens,
+        so the result is close to, not the same as, a fresh prefill of the kept tokens.
+        """
+        end = self._llm.n_tokens
+        if not self._can_shift or n <= 0 or not 0 <= start < start + n <= end:
+            return False
+        mem = self._llm._ctx.memory
+        if not llama_cpp.llama_memory_seq_rm(mem, 0, start, start + n):
+            return False
+        llama_cpp.llama_memory_seq_add(mem, 0, start + n, end, -n)
+        ids = self._llm.input_ids
+        ids[start : end - n] = ids[start + n : end].copy()
+        self._llm.n_tokens = end - n
+        return True
+
+    def kv_cache(self) -> dict:
+        """The cache llama.cpp allocated at load: every layer's K and V for the whole context."""
+        name, _, block_bytes, block = KV_TYPES[self.kv_bits]
+        model = self._llm._model.model
+        layers, heads = llama_cpp.llama_model_n_layer(model), llama_cpp.llama_model_n_head(model)
+        kv_heads, embd = llama_cpp.llama_model_n_head_kv(model), llama_cpp.llama_model_n_embd(model)
+        per_position = 2 * layers * kv_heads * (embd // heads)  # values in K and V, every layer
+        size = self._llm.n_ctx() * per_position * block_bytes // block
+        return {"type": name, "bytes": int(size), "note": FLASH_NOTE if self._flash_forced else ""}
+
     def native_stream(self, ids: Sequence[int], cached: int, n: int):
         """llama-cpp-python's own `Llama.generate` loop, greedy, on this model: the bench baseline.
 
@@ -221,5 +267,7 @@ def doctor_rows() -> list[tuple[str, str]]:
     return [
         ("llama-cpp-python", getattr(llama_cpp, "__version__", "?")),
         ("llama.cpp GPU offload", "yes" if llama_cpp.llama_supports_gpu_offload() else "no (CPU build)"),
+        ("llama.cpp KV cache", "f16; --kv-bits 8|4: q8_0|q4_0 K and V; flash attention on (llm.flash_attn, "
+                               "as llama.cpp's -fa auto; a quantized V cache needs it, so --no-flash-attn is ignored there)"),
         ("llama.cpp system info", llama_cpp.llama_print_system_info().decode(errors="replace").strip()),
     ]

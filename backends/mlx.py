@@ -19,7 +19,7 @@ import mlx.core as mx
 from mlxgen.backends import mlx_convert
 from mlxgen.backends.mlx_sampling import MLX
 from mlxgen.config import Config
-from mlxgen.errors import ModelError, first_line
+from mlxgen.errors import ConfigError, ModelError, first_line
 from mlxgen.hardware import Choice
 
 CLEAR_EVERY = 256  # steps between mx.clear_cache() calls (as mlx-lm)
@@ -86,7 +86,9 @@ def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBacken
         if sharded is not None:
             return sharded  # else a second model while one is sharded (a draft model): on rank 0 alone
     model, config = read_model(weights)
-    backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
+    kv_bits = cfg.llm.kv_quant
+    backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights),
+                         kv_bits=kv_bits, kv_group=kv_group_size(config, kv_bits))
     backend.config = config
     return backend
 
@@ -103,6 +105,26 @@ def read_model(weights: Path, lazy: bool = False):
         raise ModelError(f"{weights}: mlx-lm cannot load this model ({first_line(e)})") from None
 
 
+KV_GROUPS = (64, 32, 128)  # mx.quantize's group sizes, mlx-lm's default (64) first
+
+
+def kv_group_size(config: dict, kv_bits: int | None) -> int:
+    """The quantization group of a quantized KV cache: one that divides the model's head_dim."""
+    if not kv_bits:
+        return KV_GROUPS[0]
+    text = config.get("text_config", {})
+    get = lambda key: config.get(key) or text.get(key)  # noqa: E731
+    heads = get("num_attention_heads")
+    head_dim = get("head_dim") or (get("hidden_size") // heads if heads and get("hidden_size") else None)
+    if not head_dim:
+        return KV_GROUPS[0]
+    for group in KV_GROUPS:
+        if head_dim % group == 0:
+            return group
+    raise ConfigError(f"llm.kv_bits: {kv_bits}: this model's head_dim {head_dim} is not a multiple of an MLX "
+                      f"quantization group ({', '.join(map(str, sorted(KV_GROUPS)))}); run without --kv-bits")
+
+
 def _vocab_size(model, config: dict) -> int:
     text = config.get("text_config", {})
     size = config.get("vocab_size") or text.get("vocab_size")
@@ -117,14 +139,14 @@ class MLXBackend:
     prefill_chunk = PREFILL_CHUNK
     sampling_ops = MLX  # base.Pipelined: the loop may queue the next step before using this one
 
-    def __init__(self, model, n_ctx: int, vocab_size: int, folder: Path | None = None) -> None:
-        from mlx_lm.models.cache import make_prompt_cache
-
+    def __init__(self, model, n_ctx: int, vocab_size: int, folder: Path | None = None, kv_bits: int | None = None,
+                 kv_group: int = KV_GROUPS[0]) -> None:
         self.model = model
         self.folder = folder  # the model folder (for mlx-lm's own tokenizer in native_stream)
         self._native_tokenizer = None
         self.config: dict | None = None  # the model folder's config.json
-        self.cache = make_prompt_cache(model)
+        self.kv_bits, self.kv_group = kv_bits, kv_group
+        self.cache = self._new_cache()
         self.n_ctx = n_ctx
         self.vocab_size = vocab_size
         self.device = device_name()
@@ -197,9 +219,7 @@ class MLXBackend:
 
         n_tokens = max(0, n_tokens)
         if n_tokens == 0:  # empty: a fresh cache, as a new run (or mlx-lm's generate) starts with
-            from mlx_lm.models.cache import make_prompt_cache
-
-            self.cache = make_prompt_cache(self.model)
+            self.cache = self._new_cache()
             return
         if all(int(c.offset) <= n_tokens for c in self.cache):
             return
@@ -223,14 +243,14 @@ class MLXBackend:
 
     def load_state(self, data: bytes, ids: Sequence[int]) -> int:
         """Replace the cache with one ``save_state`` made (``load_prompt_cache``); the positions restored."""
-        from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache
+        from mlx_lm.models.cache import load_prompt_cache
 
         self.trim(0)
         try:
             cache = load_prompt_cache(_Safetensors(data))
         except Exception as e:  # not safetensors, a cache class this mlx-lm lacks, a bad layout
             raise ValueError(f"mlx-lm cannot read the state ({first_line(e)})") from None
-        fresh = make_prompt_cache(self.model)
+        fresh = self._new_cache()  # the layer types this backend makes (quantized with --kv-bits)
         if [type(c) for c in cache] != [type(c) for c in fresh]:
             raise ValueError("the state's cache layers are not this model's")
         n = min(int(c.offset) for c in cache) if cache else 0
@@ -239,6 +259,32 @@ class MLXBackend:
         mx.eval([c.state for c in cache])
         self.cache = cache
         return n
+
+    def _new_cache(self) -> list:
+        """mlx-lm's cache for this model; with kv_bits, its plain KV layers quantized from position 0.
+
+        mlx-lm's generate starts quantizing at ``quantized_kv_start`` (5000 by default), so a
+        shorter context would stay full precision; llama.cpp quantizes every position, and so
+        does this. Sliding-window and recurrent layers keep their own caches.
+        """
+        from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
+
+        cache = make_prompt_cache(self.model)
+        if self.kv_bits:
+            cache = [QuantizedKVCache(self.kv_group, self.kv_bits) if type(c) is KVCache else c for c in cache]
+        return cache
+
+    def kv_cache(self) -> dict:
+        """The bytes the cache holds now (mlx-lm grows it 256 positions at a time)."""
+        from mlx_lm.models.cache import QuantizedKVCache
+
+        size = sum(int(c.nbytes) for c in self.cache if not c.empty())
+        plain = sum(not isinstance(c, QuantizedKVCache) for c in self.cache)
+        keys = next((c.keys for c in self.cache if not c.empty() and isinstance(getattr(c, "keys", None), mx.array)), None)
+        full = f"full precision ({str(keys.dtype).replace('mlx.core.', '')})" if keys is not None else "full precision"
+        kind = f"{self.kv_bits}-bit (group {self.kv_group})" if self.kv_bits else full
+        note = f"{plain} of {len(self.cache)} layers keep their own full-precision cache" if self.kv_bits and plain else ""
+        return {"type": kind, "bytes": size, "note": note}
 
     def native_stream(self, ids: Sequence[int], cached: int, n: int):
         """mlx-lm's own `stream_generate`, greedy, on this model: the bench baseline.
@@ -257,7 +303,9 @@ class MLXBackend:
         for start in range(0, cached, PREFILL_CHUNK):  # chunked like the loop's prefill
             self.model(mx.array([list(ids[start:min(cached, start + PREFILL_CHUNK)])]), cache=cache)
             mx.eval([c.state for c in cache])
-        return stream_generate(self.model, self._native_tokenizer, list(ids[cached:]), max_tokens=n, prompt_cache=cache)
+        quantized = {"kv_bits": self.kv_bits, "kv_group_size": self.kv_group, "quantized_kv_start": 0} if self.kv_bits else {}
+        return stream_generate(self.model, self._native_tokenizer, list(ids[cached:]), max_tokens=n, prompt_cache=cache,
+                               **quantized)
 
     def reset_peak_memory(self) -> None:
         mx.reset_peak_memory()

@@ -143,13 +143,15 @@ def load(weights: Path, cfg, choice=None):
 
 
 def _load_shard(weights: Path, cfg, g) -> tuple[MLXBackend, str]:
-    from mlxgen.backends.mlx import read_model
+    from mlxgen.backends.mlx import kv_group_size, read_model
 
     model, config = read_model(weights, lazy=True)  # nothing is read until this rank's shard is evaluated
     mode = split(model, config, g)
     mx.eval(model.parameters())  # only this rank's shard is read from the files
     mx.eval(mx.distributed.all_sum(mx.array(1.0), group=g))  # every rank loaded: the same barrier as sharded_load
-    local = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights))
+    kv_bits = cfg.llm.kv_quant  # each rank quantizes its own heads' cache
+    local = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights),
+                       kv_bits=kv_bits, kv_group=kv_group_size(config, kv_bits))
     local.config = config
     return local, mode
 

@@ -107,10 +107,21 @@ def test_ctrl_c_stops_the_answer_keeps_it_and_the_chat_goes_on(env, tmp_path):
 
 def test_full_context_offers_reset(env):
     lines = "Tell me a long story about a dragon.\nAnd more.\n/reset\nHi\n"
-    out, proc = chat_json(lines, "--ctx", "64", "-n", "100", env=env)
+    out, proc = chat_json(lines, "--ctx", "64", "-n", "100", "--context-overflow", "stop", env=env)
     err = proc.stderr.decode()
     assert [t["stop_reason"] for t in out] == ["context", "eos"]
     assert "the context is full (64 tokens): /reset to start over" in err
     assert "mlxgen: error: the context is full: the conversation is" in err
     assert out[1]["reused_tokens"] == 0
     assert proc.returncode == 1  # a piped session in which a line failed
+
+
+def test_full_context_shifts_by_default(env):
+    """chat's default: a full context drops the oldest tokens and the chat goes on, no /reset, no error."""
+    lines = "Tell me a long story about a dragon.\nAnd more.\nAnd the end?\n"
+    out, proc = chat_json(lines, "--ctx", "96", "-n", "100", env=env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "mlxgen: error" not in err, err
+    assert len(out) == 3 and "context" not in [t["stop_reason"] for t in out]
+    assert any(t["context_shift"] for t in out)
+    assert all(t["stats"]["context_shifts"] == (t["context_shift"] or {}).get("answer_shifts", 0) for t in out)

@@ -94,10 +94,11 @@ class ChatTokenizer:
         return self.fake.decode(ids)
 
 
-def make_conv(n_ctx=4096, template=chat.CHATML, origin="model", answer="ok", interrupt_at=None, max_length=16):
+def make_conv(n_ctx=4096, template=chat.CHATML, origin="model", answer="ok", interrupt_at=None, max_length=16,
+              overflow=None, backend_cls=None):
     tok = ChatTokenizer()
-    backend = RecordingBackend(tok.fake, n_ctx, answer, interrupt_at)
-    cfg = Config(inference=InferenceConfig(temperature=0.0, max_length=max_length))
+    backend = (backend_cls or RecordingBackend)(tok.fake, n_ctx, answer, interrupt_at)
+    cfg = Config(inference=InferenceConfig(temperature=0.0, max_length=max_length, context_overflow=overflow))
     spec = chat.PromptSpec(template, origin)
     sess = Session(cfg, Choice("fake", "test"), backend, tok, (tok.fake.eos_id,), spec, 0.0)
     return Conversation(sess), backend
@@ -209,7 +210,7 @@ def test_ctrl_c_before_any_text_keeps_no_empty_turn():
 
 
 def test_context_full_is_refused_before_touching_the_cache():
-    conv, backend = make_conv(n_ctx=90)
+    conv, backend = make_conv(n_ctx=90, overflow="stop")
     conv.turn("Hello", drain)
     before = (list(backend.cache), list(conv.messages))
     with pytest.raises(ContextFull, match="/reset"):
@@ -220,7 +221,7 @@ def test_context_full_is_refused_before_touching_the_cache():
 
 
 def test_answer_cut_by_the_context_says_context():
-    conv, backend = make_conv(n_ctx=40, answer="a" * 60, max_length=100)
+    conv, backend = make_conv(n_ctx=40, answer="a" * 60, max_length=100, overflow="stop")
     t = conv.turn("Hi", drain)
     assert t.done.reason == "context"
     assert len(backend.cache) < 40
@@ -369,7 +370,7 @@ def test_repl_errors_are_one_line_and_the_session_goes_on(capsys):
     lines = [line for line in err.splitlines() if line.startswith("mlxgen: error: ")]
     assert len(lines) == 6, err
     assert "unknown command" in lines[0] and "top_p" in lines[1] and "not valid UTF-8" in lines[4]
-    assert "/reset" in lines[5]
+    assert "the context holds 90" in lines[5]  # too long for the context even with every earlier turn dropped
     assert capsys.readouterr().out == "ok\n"
     assert "Traceback" not in err
 

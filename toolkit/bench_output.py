@@ -95,6 +95,7 @@ def format_markdown(report: Report) -> str:
         f"{run.name}: {run.source}{f' ({run.note})' if run.note else ''} · {run.device} · "
         f"load {run.load_s:.2f} s first, {run.reload_s:.2f} s again · peak RSS {_size(run.peak_rss_bytes)}{_rss_note(run)}"
         + (f" · {run.name} allocator peak {_size(run.device_peak_bytes)}" if run.device_peak_bytes else "")
+        + (f" · KV cache {run.kv_type} {_size(run.kv_bytes)}" if run.kv_bytes is not None else "")
         for run in report.backends
     ]
     lines += [f"failed: {e}" for e in report.errors]
@@ -188,6 +189,7 @@ def records(report: Report) -> list[dict]:
             "samples_ts": r.tps, "samples_ttft_s": r.ttft_s, "machine_busy": bool((env.get("load") or {}).get("busy")),
             "load_s": run.load_s, "reload_s": run.reload_s, "peak_rss_bytes": run.peak_rss_bytes,
             "rss_start_bytes": run.rss_start_bytes, "device_peak_bytes": run.device_peak_bytes,
+            "kv_type": run.kv_type, "kv_bytes": run.kv_bytes,
             "interrupted": report.interrupted,
             **({"drafted": r.drafted, "accepted": r.accepted, "acceptance": r.acceptance,
                 "draft": report.environment.get("draft")} if r.loop == "speculative" else {}),

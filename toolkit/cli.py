@@ -153,6 +153,10 @@ def config_options(f):
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
         click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None,
                      help="llama.cpp flash attention (llm.flash_attn; default on)."),
+        click.option("--kv-bits", "kv_bits", type=int, metavar="8|4",
+                     help="Quantize the KV cache to 8 or 4 bits (llm.kv_bits; 16 = full precision)."),
+        click.option("--context-overflow", "context_overflow", metavar="shift|stop",
+                     help="A full context: drop the oldest turns and go on (shift, chat's default) or stop (run's)."),
         click.option("--draft-model", "draft", metavar="SOURCE",
                      help="Speculative decoding with this draft model (same vocabulary, same backend; a source as --model)."),
         click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4)."),
@@ -263,6 +267,8 @@ def _overrides() -> dict[str, str]:
         "n_gpu_layers": "llm.n_gpu_layers",
         "flash_attn": "llm.flash_attn",
         "prompt_cache_dir": "llm.prompt_cache_dir",
+        "kv_bits": "llm.kv_bits",
+        "context_overflow": "inference.context_overflow",
         "draft": "inference.draft",
         "draft_tokens": "inference.draft_tokens",
         "lookup": "inference.lookup",
@@ -635,6 +641,7 @@ def doctor(**options: Any) -> None:
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
 @click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None, help="llama.cpp flash attention (default on).")
+@click.option("--kv-bits", "kv_bits", type=int, metavar="8|4", help="Quantize the KV cache (llm.kv_bits; 16 = full precision).")
 @constraint_options
 @click.option("--draft-model", "draft", metavar="SOURCE", help="Also run speculative decoding with this draft model.")
 @click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")

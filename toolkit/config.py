@@ -78,9 +78,15 @@ class LLMConfig:
     # steps, so speculative greedy output equals plain. MLX always uses its fused attention.
     flash_attn: bool = True
     prompt_cache_dir: str | None = None  # saved prompt caches by prefix (mlxgen.prompt_file.auto)
+    kv_bits: int | None = None  # KV-cache quantization: 8 or 4 bits; None (or 16): full precision
     mlx: MLXSource = field(default_factory=MLXSource)
 
     _aliases = {"revision": "branch"}
+
+    @property
+    def kv_quant(self) -> int | None:
+        """The KV cache's quantization bits, or None for the full-precision cache."""
+        return None if self.kv_bits in (None, 16) else self.kv_bits
 
     def validate(self, key: str) -> None:
         _check(0 < self.n_ctx <= MAX_CTX, f"{key}.n_ctx", self.n_ctx, f"a positive integer up to {MAX_CTX}")
@@ -89,6 +95,7 @@ class LLMConfig:
                    f"a positive integer up to {MAX_THREADS}")
         if self.n_gpu_layers is not None:
             _check(self.n_gpu_layers >= -1, f"{key}.n_gpu_layers", self.n_gpu_layers, "-1 (all), 0 or a layer count")
+        _check(self.kv_bits in KV_BITS, f"{key}.kv_bits", self.kv_bits, "8 or 4 (16 or null: full precision)")
         if self.package and not self.file:
             raise ConfigError(f"{key}.package: needs {key}.file, the file inside the package")
         if self.repo and not self.file and not self.mlx.repo:
@@ -137,6 +144,7 @@ class InferenceConfig(settings.SamplingFields):
     draft_tokens: int = 4  # tokens the draft model proposes per target pass
     lookup: int | None = None  # speculative decoding by prompt lookup: tokens proposed per target pass
     adaptive_draft: bool = False  # grow the draft length while everything is accepted, shrink on a miss
+    context_overflow: str | None = None  # a full context: "shift" (drop the oldest) or "stop"; None: chat shifts, run stops
 
     _aliases = {**settings.ALIASES, "stop_strings": "stop", "system": "system_prompt", "draft_model": "draft"}
 
@@ -150,6 +158,8 @@ class InferenceConfig(settings.SamplingFields):
         if self.lookup is not None:
             _check(0 < self.lookup <= MAX_DRAFT, f"{key}.lookup", self.lookup,
                    f"a positive number of tokens to propose per step, up to {MAX_DRAFT}")
+        _check(self.context_overflow in (None, *OVERFLOW), f"{key}.context_overflow", self.context_overflow,
+               " or ".join(OVERFLOW))
         if self.draft and self.lookup:
             raise ConfigError(f"{key}.draft and {key}.lookup: give a draft model or prompt lookup, not both")
 
@@ -195,6 +205,8 @@ def backend_names() -> tuple[str, ...]:
     return ("auto", *REGISTRY)
 
 
+KV_BITS = (None, 16, 8, 4)  # llm.kv_bits: 16 and None both mean the full-precision cache
+OVERFLOW = ("shift", "stop")  # inference.context_overflow
 MAX_DRAFT = 16  # speculative decoding: draft tokens per target pass (mlxgen.speculative.MAX_DRAFT)
 MAX_CTX = 2**21  # 2M positions: beyond any released model; larger values only ran out of memory
 MAX_THREADS = 1024  # llama.cpp crashed (std::bad_alloc, SIGSEGV) on 100,000

@@ -32,6 +32,19 @@ class Turn:
     done: Done
     reused: int  # prompt tokens already in the cache
     new: int  # prompt tokens prefilled this turn
+    dropped_turns: int = 0  # oldest turns this turn's context shift dropped (--context-overflow shift)
+    dropped_tokens: int = 0  # their prompt tokens
+    shifted: int = 0  # of those, positions removed from the cache in place (llama.cpp); the rest re-prefilled
+
+    @property
+    def shift(self) -> dict | None:
+        """What the context shifts of this turn did: before it (turns dropped) and inside the answer."""
+        s = self.done.stats
+        if not self.dropped_turns and not s.context_shifts:
+            return None
+        return {"dropped_turns": self.dropped_turns, "dropped_tokens": self.dropped_tokens,
+                "in_place": bool(self.shifted), "answer_shifts": s.context_shifts,
+                "answer_dropped_tokens": s.dropped_tokens}
 
     @property
     def prompt_tokens(self) -> int:
@@ -43,12 +56,13 @@ class Conversation:
         self.sess = sess
         self.spec = sess.template
         self.params = sampling_params(sess.cfg)
-        self.messages: list[dict] = []
+        self.messages: list[dict] = []  # the whole conversation (/save writes it all)
+        self.start = 0  # the first message still in the context (context shifts drop whole turns)
         self.turns: list[Turn] = []
 
     # ------------------------------------------------------------------ turns
     def prompt_ids(self, user: str) -> list[int]:
-        messages = self.messages + [{"role": "user", "content": user}]
+        messages = self.messages[self.start :] + [{"role": "user", "content": user}]
         text = chat.render_messages(self.spec, messages, self.sess.tokenizer.special)
         return self.sess.tokenizer.encode(text)
 
@@ -61,26 +75,43 @@ class Conversation:
         """Send one user message; ``consume`` drains the loop's events (streaming them)."""
         ids = self.prompt_ids(user)
         n_ctx = self.sess.backend.n_ctx
-        if len(ids) >= n_ctx:
+        overflow = self.sess.overflow("shift")  # chat's default: a full context drops the oldest turns
+        start, before = self.start, len(ids)
+        if overflow == "shift":
+            # Room for the answer (past it, the answer itself shifts). When it runs out, drop the
+            # oldest turns until the prompt takes half the context, as llama.cpp discards half:
+            # a shift every few turns, not every turn (each one re-prefills on a backend without Shift).
+            reserve = min(self.params.max_length, n_ctx // 4)
+            if len(ids) + reserve > n_ctx:
+                while len(ids) > n_ctx // 2 and self.start < len(self.messages):
+                    self.start += 2
+                    ids = self.prompt_ids(user)
+            if len(ids) >= n_ctx:
+                self.start = start
+                raise ContextFull(f"the message is {len(ids)} tokens with the template and the system prompt, and the "
+                                  f"context holds {n_ctx}: shorten it or raise --ctx")
+        elif len(ids) >= n_ctx:
             raise ContextFull(
                 f"the context is full: the conversation is {len(ids)} tokens and the context holds {n_ctx}; "
                 "/reset to start over (or raise --ctx)"
             )
         sample = self.sess.sampler(self.params)
-        done = consume(self.sess.complete(ids, max_tokens=self.params.max_length, sample=sample))
+        done = consume(self.sess.complete(ids, shift=overflow == "shift", max_tokens=self.params.max_length,
+                                          sample=sample, overflow=overflow))
         reused = done.stats.cached_tokens
         if not (done.reason == "interrupted" and not done.text):  # Ctrl-C before any text: no turn to keep
             self.messages = self.messages + [
                 {"role": "user", "content": user},
                 {"role": "assistant", "content": done.text},
             ]
-        turn = Turn(done, reused, len(ids) - reused)
+        dropped = (self.start - start) // 2
+        turn = Turn(done, reused, len(ids) - reused, dropped, before - len(ids) if dropped else 0, self.sess.cache.shifted)
         self.turns.append(turn)
         return turn
 
     def reset(self) -> None:
         """Forget the history and empty the backend's cache (the system prompt stays)."""
-        self.messages, self.turns = [], []
+        self.messages, self.turns, self.start = [], [], 0
         self.sess.cache.reset()
 
     # --------------------------------------------------------------- settings
@@ -142,7 +173,7 @@ class Conversation:
         messages = check_saved(data, path)
         self.apply(data.get("settings") or {})
         self.spec = dataclasses.replace(self.spec, system=data.get("system"), thinking=data.get("thinking"))
-        self.messages, self.turns = messages, []
+        self.messages, self.turns, self.start = messages, [], 0
 
 
 def check_saved(data, path: str) -> list[dict]:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence, Union
 
-from mlxgen.backends.base import Backend, Extend, Pipelined
+from mlxgen.backends.base import Backend, Extend, Pipelined, Shift
 from mlxgen.backends.base import prefill_chunk as backend_chunk
 from mlxgen.errors import PromptError
 from mlxgen.sampling import acceptor, hears_tokens
@@ -42,6 +42,8 @@ class Stats:
     drafted_tokens: int | None = None  # speculative decoding: tokens the drafter proposed (None: not speculative)
     accepted_tokens: int | None = None  # of those, kept by the target
     draft: str | None = None  # what drafted: "draft model", "lookup"
+    context_shifts: int = 0  # times a full context dropped its oldest tokens mid-answer (--context-overflow shift)
+    dropped_tokens: int = 0  # positions those shifts dropped
 
     @property
     def acceptance(self) -> float | None:
@@ -79,6 +81,8 @@ class Stats:
             "ttft_s": self.ttft_s,
             "decode_s": self.decode_s,
             "decode_tps": self.decode_tps,
+            "context_shifts": self.context_shifts,
+            "dropped_tokens": self.dropped_tokens,
             **spec,
         }
 
@@ -92,6 +96,15 @@ class Done:
     stop_token: int | None = None  # the EOS id that ended generation
     trace: list[tuple[int, float]] = field(default_factory=list)  # (token, seconds) incl. EOS
     from_draft: list[bool] = field(default_factory=list)  # speculative runs: per trace entry, proposed by the draft
+    shifts: list[tuple[int, int]] = field(default_factory=list)  # context shifts: (kept, dropped) positions each
+
+
+def apply_shifts(ids: Sequence[int], shifts: Sequence[tuple[int, int]]) -> list[int]:
+    """What the cache holds after ``shifts``: each drops ``dropped`` ids after the first ``kept``."""
+    ids = list(ids)
+    for kept, dropped in shifts:
+        del ids[kept : kept + dropped]
+    return ids
 
 
 Event = Union[TokenEvent, Done]
@@ -111,6 +124,35 @@ def prefill(backend: Backend, prompt: Sequence[int], cached: int = 0, chunk: int
     return backend.prefill(prompt[starts[-1] : starts[-1] + chunk])
 
 
+class ContextShift:
+    """Room in a full cache (``--context-overflow shift``): drop half of what follows the first ``keep``
+    positions, as llama.cpp's context shift does, and go on.
+
+    A ``Shift`` backend moves the kept tokens down in place (llama.cpp); any other trims to
+    ``keep`` and prefills the kept tokens again (MLX), which is what a fresh run on them computes.
+    """
+
+    def __init__(self, backend: Backend, keep: int, chunk: int | None = None) -> None:
+        self.backend, self.keep, self.chunk = backend, keep, chunk
+        self.shifts: list[tuple[int, int]] = []  # (kept, dropped) per shift
+
+    def make_room(self, held: list[int]) -> None:
+        """Before a step: if the cache (holding ``held``) is full, drop the oldest after ``keep``; ``held`` follows."""
+        if len(held) < self.backend.n_ctx:
+            return
+        keep = min(self.keep, len(held) // 2)
+        drop = max(1, (len(held) - keep) // 2)
+        if not (isinstance(self.backend, Shift) and self.backend.shift(keep, drop)):
+            self.backend.trim(keep)
+            fill = self.backend.extend if isinstance(self.backend, Extend) else self.backend.prefill
+            kept = held[keep + drop :]
+            chunk = self.chunk or backend_chunk(self.backend, PREFILL_CHUNK)
+            for start in range(0, len(kept), chunk):
+                fill(kept[start : start + chunk])
+        del held[keep : keep + drop]
+        self.shifts.append((keep, drop))
+
+
 def token_stream(
     backend: Backend,
     prompt: Sequence[int],
@@ -119,6 +161,7 @@ def token_stream(
     prefill_chunk: int | None = None,
     on_prefilled: Callable[[], None] | None = None,
     cached: int = 0,
+    shift: ContextShift | None = None,
 ) -> Iterator[int]:
     """Yield up to ``limit`` sampled token ids; never step past what ``limit`` needs.
 
@@ -130,8 +173,18 @@ def token_stream(
     sampler's ``accept`` (its constraints) before the next draw; with constraints the
     next *step* is still queued first, and only its sampling waits for the token, so
     the constraint's mask is computed while the device runs the step.
+    ``shift``: a full cache drops its oldest tokens before a step instead of ending the stream.
     """
-    history = list(prompt)
+    history, held = list(prompt), list(prompt)  # held: what the cache holds (history less what shifts dropped)
+
+    def step(token, tid: int | None = None):
+        if shift is not None:
+            shift.make_room(held)
+        logits = backend.step(token)
+        if tid is not None:
+            held.append(tid)
+        return logits
+
     accept, constrained = acceptor(sample), hears_tokens(sample)
     token = sample(history, prefill(backend, prompt, cached, prefill_chunk))
     if on_prefilled:
@@ -139,17 +192,19 @@ def token_stream(
     lookahead = isinstance(backend, Pipelined) and not getattr(sample, "needs_history", True)
     for n in range(1, limit + 1):
         if lookahead and n < limit:
-            logits = backend.step(token)
+            logits = step(token)
             queued = None if constrained else sample(history, logits)
             backend.schedule(logits if constrained else queued)
         tid = int(token)
+        if lookahead and n < limit:
+            held.append(tid)
         accept(tid)
         history.append(tid)
         yield tid
         if n == limit:
             return
         if not lookahead:
-            token = sample(history, backend.step(tid))
+            token = sample(history, step(tid, tid))
         else:
             token = sample(history, logits) if constrained else queued
 
@@ -177,6 +232,8 @@ def generate(
     clock: Callable[[], float] = time.perf_counter,
     cached: int = 0,
     speculation=None,
+    overflow: str = "stop",
+    keep: int = 0,
 ) -> Iterator[Event]:
     """Prefill, sample, stream; stop on EOS, a stop string, max_tokens or a full context.
 
@@ -186,6 +243,8 @@ def generate(
     with reason ``interrupted`` and the text so far.
     ``speculation`` (``mlxgen.speculative.Speculation``): draft tokens and verify them in
     one pass (``speculative_stream``) instead of one step per token; the same output.
+    ``overflow``: a full context ends the stream (``"stop"``, reason ``context``) or drops the
+    oldest tokens after the first ``keep`` and goes on (``"shift"``; not with speculation).
     """
     check_prompt(prompt, backend.n_ctx)
     if not 0 <= cached < len(prompt):
@@ -203,9 +262,10 @@ def generate(
     def prefilled() -> None:
         stats.prefill_s = clock() - t0
 
-    limit = min(max_tokens, room)
+    shift = ContextShift(backend, keep, prefill_chunk) if overflow == "shift" and speculation is None else None
+    limit = max_tokens if shift else min(max_tokens, room)
     if speculation is None:
-        stream, spec = token_stream(backend, prompt, sample, limit, prefill_chunk, prefilled, cached), None
+        stream, spec = token_stream(backend, prompt, sample, limit, prefill_chunk, prefilled, cached, shift), None
     else:
         from mlxgen.speculative import SpecStats, speculative_stream
 
@@ -247,4 +307,6 @@ def generate(
     if spec is not None:
         stats.drafted_tokens, stats.accepted_tokens, stats.draft = spec.drafted, spec.accepted, speculation.drafter.name
         from_draft = spec.from_draft[: len(trace)]
-    yield Done(reason, "".join(pieces), tokens, stats, stop_token, trace, from_draft)
+    shifts = shift.shifts if shift else []
+    stats.context_shifts, stats.dropped_tokens = len(shifts), sum(d for _, d in shifts)
+    yield Done(reason, "".join(pieces), tokens, stats, stop_token, trace, from_draft, shifts)

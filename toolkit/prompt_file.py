@@ -76,8 +76,9 @@ def identity(sess) -> dict:
 
 
 def kv_settings(cfg) -> dict:
-    """The KV-cache settings a state depends on (``llm.kv_bits`` where the config has it; 16 = not quantized)."""
-    return {"kv_bits": int(getattr(cfg.llm, "kv_bits", None) or 16)}  # kv_bits arrives with --kv-bits (issue 16 B)
+    """The settings a state's numbers depend on: ``llm.kv_bits`` (16 = not quantized) and llama.cpp's
+    flash attention (its K/V values are computed with it, so a cold run with the other setting differs)."""
+    return {"kv_bits": int(cfg.llm.kv_quant or 16), "flash_attn": bool(cfg.llm.flash_attn)}
 
 
 # ------------------------------------------------------------------ save

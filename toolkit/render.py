@@ -126,6 +126,9 @@ def stats(sess, done: Done) -> None:
     ]
     if s.drafted_tokens is not None:
         lines.append(speculation_line(s))
+    if s.context_shifts:
+        lines.append(f"context shift: the context was full {plural(s.context_shifts, 'time')}; "
+                     f"{plural(s.dropped_tokens, 'token')} dropped after the system prompt")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

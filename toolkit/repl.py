@@ -204,8 +204,24 @@ def turn_line(turn: Turn) -> str:
     return (
         f"[{turn.prompt_tokens} prompt tokens: {turn.reused} reused, {turn.new} new · "
         f"prefill {_fmt(s.prefill_tps)} tok/s · {s.generated_tokens} generated · "
-        f"decode {_fmt(s.decode_tps)} tok/s · stop: {turn.done.reason}]"
+        f"decode {_fmt(s.decode_tps)} tok/s · stop: {turn.done.reason}{shift_text(turn)}]"
     )
+
+
+def shift_text(turn: Turn) -> str:
+    """`` · context shift: …`` when a full context dropped the oldest turns or tokens this turn."""
+    shift = turn.shift
+    if shift is None:
+        return ""
+    parts = []
+    if shift["dropped_turns"]:
+        how = "shifted in place" if shift["in_place"] else "the rest prefilled again"
+        parts.append(f"dropped the oldest {render.plural(shift['dropped_turns'], 'turn')} "
+                     f"({shift['dropped_tokens']} tokens, {how})")
+    if shift["answer_shifts"]:
+        parts.append(f"{shift['answer_dropped_tokens']} tokens dropped mid-answer "
+                     f"({render.plural(shift['answer_shifts'], 'shift')})")
+    return " · context shift: " + "; ".join(parts)
 
 
 def turn_dict(n: int, user: str, turn: Turn) -> dict:
@@ -218,6 +234,7 @@ def turn_dict(n: int, user: str, turn: Turn) -> dict:
         "prompt_tokens": turn.prompt_tokens,
         "reused_tokens": turn.reused,
         "new_tokens": turn.new,
+        "context_shift": turn.shift,
         "stats": turn.done.stats.as_dict(),
     }
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from mlxgen import backends, chat, constraint, hardware, sources
-from mlxgen.backends.base import Backend, Pipelined
+from mlxgen.backends.base import Backend, KVMemory, Pipelined
 from mlxgen.config import Config
 from mlxgen.constraint import Grammar
 from mlxgen.loop import Done, Event, generate
-from mlxgen.prompt_cache import PromptCache
+from mlxgen.prompt_cache import PromptCache, common_prefix
 from mlxgen.sampling import NUMPY, Processor, SamplingParams, make_sampler
 from mlxgen.tokenizer import Tokenizer
 
@@ -55,6 +55,7 @@ class Session:
     speculation: Any = None  # mlxgen.speculative.Speculation: a drafter (--draft-model, --lookup), else None
     weights: Any = None  # the local weights the backend loaded (a file or folder): what model_key hashes
     cache: PromptCache = field(init=False)
+    _keep: tuple | None = field(init=False, default=None)  # (template key, keep_prefix) cached
 
     def __post_init__(self) -> None:
         self.cache = PromptCache(self.backend)
@@ -116,12 +117,14 @@ class Session:
         processors: Sequence[Processor] = (),
         stop: Sequence[str] | None = None,
         speculate: bool = True,
+        overflow: str | None = None,
     ) -> Iterator[Event]:
         """Generate after ``ids``; the backend's cache already holds ``ids[:cached]``.
 
         ``sample``: a sampler to use instead of one built from the config (and ``processors``).
         ``stop``: stop strings for this call instead of the config's.
         ``speculate``: False runs plain decoding even when the session has a drafter (bench).
+        ``overflow``: what a full context does, ``"shift"`` or ``"stop"`` (default: the config's, else stop).
         """
         sample = sample or self.sampler(processors=processors)
         return generate(
@@ -134,16 +137,35 @@ class Session:
             stop=self.cfg.inference.stop if stop is None else tuple(stop),
             cached=cached,
             speculation=self.speculation if speculate else None,
+            overflow=(mode := self.overflow(overflow)),
+            keep=self.keep_prefix() if mode == "shift" else 0,
         )
 
-    def complete(self, ids: list[int], **kw) -> Iterator[Event]:
+    def overflow(self, default: str | None = None) -> str:
+        """``--context-overflow``: the config's, else the command's default, else stop."""
+        return self.cfg.inference.context_overflow or default or "stop"
+
+    def keep_prefix(self, spec: chat.PromptSpec | None = None) -> int:
+        """Tokens a context shift keeps: the template's text before the first user message (the system prompt)."""
+        spec = spec or self.template
+        if spec.template is None:
+            return 0
+        key = (spec.template, spec.system, spec.thinking)
+        if self._keep is None or self._keep[0] != key:
+            a, b = (self.tokenizer.encode(chat.render(spec, m, self.tokenizer.special)) for m in ("a", "b"))
+            self._keep = (key, common_prefix(a, b))
+        return self._keep[1]
+
+    def complete(self, ids: list[int], shift: bool = False, **kw) -> Iterator[Event]:
         """:meth:`generate`, reusing the longest prefix of ``ids`` the cache already holds.
 
         The reused count is in the Done event's ``stats.cached_tokens``; the cache's
         record is updated before Done is handed out. Ctrl-C thrown in at a yield is
         passed on to the loop, which ends the stream with reason ``interrupted``.
+        ``shift``: a cache that holds dropped turns in the middle shifts them out in place where
+        the backend can (``PromptCache.prepare``).
         """
-        reused = self.cache.prepare(ids)
+        reused = self.cache.prepare(ids, shift=shift)
         events = self.generate(ids, cached=reused, **kw)
         event = next(events)
         while not isinstance(event, Done):
@@ -152,7 +174,7 @@ class Session:
                 event = next(events)
             except KeyboardInterrupt:
                 event = events.throw(KeyboardInterrupt)
-        self.cache.record(list(ids) + [tid for tid, _ in event.trace])
+        self.cache.record(list(ids) + [tid for tid, _ in event.trace], event.shifts)
         yield event
 
     def warnings(self) -> list[str]:
@@ -168,6 +190,8 @@ class Session:
         note = getattr(self.backend, "verify_note", None) if self.speculation is not None else None
         if note:
             out.append(note)
+        if self.cfg.llm.kv_quant and isinstance(self.backend, KVMemory) and self.backend.kv_cache().get("note"):
+            out.append(f"--kv-bits {self.cfg.llm.kv_quant}: {self.backend.kv_cache()['note']}")
         layers = self.cfg.llm.n_gpu_layers
         if layers and not self.choice.gpu:
             out.append(f"--gpu-layers {layers} does nothing: {self.choice.backend} runs on the CPU here")
