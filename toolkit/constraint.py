@@ -98,7 +98,7 @@ def make_spec(kind: str, value: Any, where: str | None = None) -> Spec:
     problem = llg.LLMatcher.validate_grammar(grammar)
     if problem:
         raise ConstraintError(f"{where}: {label}: {_one_line(problem)}")
-    return Spec(kind, label if kind != "json_schema" else f"json_schema {label}", grammar, schema,
+    return Spec(kind, label if kind in ("json_object", "regex") else f"{kind} {label}", grammar, schema,
                 (time.perf_counter() - t0) * 1e3)
 
 

@@ -32,6 +32,8 @@ class Turn:
     done: Done
     reused: int  # prompt tokens already in the cache
     new: int  # prompt tokens prefilled this turn
+    complete: bool | None = None  # the answer completes the constraint (None: no constraint)
+    constraint: str | None = None  # the constraint's label
 
     @property
     def prompt_tokens(self) -> int:
@@ -67,6 +69,7 @@ class Conversation:
                 "/reset to start over (or raise --ctx)"
             )
         sample = self.sess.sampler(self.params)
+        matcher = sample.constraints[0] if sample.constraints else None  # the constraint /json-schema etc. set
         done = consume(self.sess.complete(ids, max_tokens=self.params.max_length, sample=sample))
         reused = done.stats.cached_tokens
         if not (done.reason == "interrupted" and not done.text):  # Ctrl-C before any text: no turn to keep
@@ -74,7 +77,7 @@ class Conversation:
                 {"role": "user", "content": user},
                 {"role": "assistant", "content": done.text},
             ]
-        turn = Turn(done, reused, len(ids) - reused)
+        turn = Turn(done, reused, len(ids) - reused, *((matcher.complete, matcher.grammar.spec.label) if matcher else ()))
         self.turns.append(turn)
         return turn
 
@@ -92,6 +95,24 @@ class Conversation:
 
     def settings(self) -> dict:
         return settings.values(self.params)
+
+    @property
+    def constraint(self) -> str | None:
+        """The constraint every answer follows (``--json-schema`` etc., or a chat command), as its label."""
+        return self.sess.constraint.spec.label if self.sess.constraint is not None else None
+
+    def set_constraint(self, kind: str | None, value: object = None) -> None:
+        """``/json-schema FILE|JSON``, ``/json-object``, ``/regex P``, ``/grammar FILE``; None: ``/constraint off``.
+
+        Checked and bound to the model before it replaces the current one (a bad schema changes nothing).
+        """
+        if kind is None:
+            self.sess.constraint = None
+            return
+        from mlxgen import constraint
+
+        spec = constraint.make_spec(kind, True if kind == "json_object" else value, where="/" + kind.replace("_", "-"))
+        self.sess.constraint = self.sess.bind(spec)
 
     def set(self, name: str, value: str) -> None:
         """``/set NAME VALUE``; the value is checked as the config checks it."""
