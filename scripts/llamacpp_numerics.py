@@ -184,4 +184,6 @@ def match_llamacpp(model: nn.Module, parts: Iterable[str] = PARTS, min_layers: I
         done.append(f"8-bit block activations before {n_lin} quantized matmuls and the tied output")
     if "kv_f16" in parts:
         done.append(f"fp16 K/V, Q and softmax in {n_att} attention layers")
+    if "rope" in parts:
+        done.append(f"ggml's rope angles in {n_att} attention layers")
     return done
