@@ -77,7 +77,8 @@ class Conversation:
                 {"role": "user", "content": user},
                 {"role": "assistant", "content": done.text},
             ]
-        turn = Turn(done, reused, len(ids) - reused, *((matcher.complete, matcher.grammar.spec.label) if matcher else ()))
+        checked = (matcher.complete, matcher.grammar.spec.label) if matcher else ()
+        turn = Turn(done, reused, len(ids) - reused, *checked)
         self.turns.append(turn)
         return turn
 

@@ -239,21 +239,22 @@ def parse_response_format(fmt: Any) -> Any:
     kind = fmt.get("type")
     if kind == "text":
         return None
-    def field(obj: dict, name: str, kind: type, where: str) -> Any:  # a wrong type names response_format
+
+    def typed(obj: dict, name: str, kind: type, where: str) -> Any:  # a wrong type names response_format
         try:
             return expect(obj, name, kind, None, where)
         except ApiError as e:
             raise bad(e.message, param) from None
 
     if kind == "json_object":
-        schema = field(fmt, "schema", dict, "response_format.schema")
+        schema = typed(fmt, "schema", dict, "response_format.schema")
         where = "response_format.schema"
     elif kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict):
             raise bad("response_format.json_schema: expected an object {name, schema, strict}", param)
-        field(spec, "name", str, "response_format.json_schema.name")
-        field(spec, "strict", bool, "response_format.json_schema.strict")
+        typed(spec, "name", str, "response_format.json_schema.name")
+        typed(spec, "strict", bool, "response_format.json_schema.strict")
         schema = spec.get("schema")
         if not isinstance(schema, dict):
             raise bad("response_format.json_schema.schema: expected the JSON schema as an object", param)
