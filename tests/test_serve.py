@@ -157,6 +157,15 @@ def test_response_format_json_schema_validates(served):
                                   temperature=0, extra_body={"response_format": {"type": "json_object"}})
     if r.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(r.choices[0].text), dict)
+    import pydantic
+
+    class Color(pydantic.BaseModel):  # the client's own structured-output helper: a strict schema from pydantic
+        color: str
+        count: int
+
+    parsed = client.chat.completions.parse(model=model(server), messages=[{"role": "user", "content": PROMPT}],
+                                           max_tokens=30, temperature=0, response_format=Color)
+    assert isinstance(parsed.choices[0].message.parsed, Color)
     cut = ask(client, server, response_format=SCHEMA_FORMAT, max_tokens=3)
     assert cut.choices[0].finish_reason == "length"  # cut before the schema closes: never "stop"
     with pytest.raises(ValueError):
