@@ -327,3 +327,27 @@ def test_pipelined_backends_get_the_next_step_before_the_token_is_accepted():
     run(generate(backend, PROMPT, sample, lambda ids: "x" * len(ids), max_tokens=3))
     assert log == ["mask", "step 1", "schedule", "accept 1", "mask", "step 2", "schedule", "accept 2", "mask",
                    "accept 3"]
+
+
+# ------------------------------------------------------------------ the server's response_format
+
+
+def test_response_format_shapes_map_to_specs():
+    from mlxgen.openai_api import ApiError, parse_response_format
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert parse_response_format(None) is None and parse_response_format({"type": "text"}) is None
+    assert parse_response_format({"type": "json_object"}).kind == "json_object"
+    openai_shape = parse_response_format({"type": "json_schema", "json_schema": {"name": "a", "schema": schema,
+                                                                                  "strict": True}})
+    assert openai_shape.kind == "json_schema" and openai_shape.schema == schema
+    assert parse_response_format({"type": "json_object", "schema": schema}).schema == schema  # llama-server's
+    for bad, words in [({"type": "json_schema", "json_schema": {"schema": {"type": "objekt"}}}, "objekt"),
+                       ({"type": "json_schema", "json_schema": {"schema": "schema.json"}}, "as an object"),
+                       ({"type": "json_schema", "json_schema": {"name": 1, "schema": schema}}, "name"),
+                       ({"type": "json_schema", "json_schema": {"schema": schema, "strict": "yes"}}, "strict"),
+                       ({"type": "json_schema"}, "json_schema"), ({"type": "grammar"}, "'grammar'"),
+                       ({"type": "json_object", "schema": []}, "schema"), ("json", "an object")]:
+        with pytest.raises(ApiError) as e:
+            parse_response_format(bad)
+        assert e.value.status == 400 and e.value.param == "response_format" and words in e.value.message, bad

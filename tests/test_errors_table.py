@@ -240,6 +240,7 @@ def chat_session(work: Path) -> tuple[str, ...]:
         f"/load {saved('system.json', {**ok, 'messages': [], 'system': 5})}",
         f"/load {saved('settings.json', {**ok, 'messages': [], 'settings': []})}",
         f"/load {saved('setting.json', {**ok, 'messages': [], 'settings': {'foo': 1}})}",
+        "/json-object please", "/constraint maybe",
     ]
     data = ("\n".join(lines) + "\n").encode() + b"caf\xe9\n" + ("word " * 100 + "\n").encode()
     return tuple(cli("chat", "--backend", "llama.cpp", "--threads", "1", "--ctx", "64", "-q", "--context-overflow", "stop",
@@ -465,7 +466,8 @@ def _triggers():
         ("chat-load-odd", "/load {w}/odd"), ("chat-load-message", "/load {w}/badmsg"),
         ("chat-load-system", "/load {w}/system"), ("chat-load-settings", "/load {w}/settings."),
         ("chat-load-setting", "/load {w}/setting."), ("chat-context-full", "the context is full"),
-        ("chat-input-utf8", "input line"),
+        ("chat-input-utf8", "input line"), ("chat-json-object-value", "/json-object"),
+        ("chat-constraint", "/constraint"),
     ]:
         T[row] = lambda w, mp, prefix=prefix: picked(chat_session(w), prefix.format(w=w))
     T["chat-message-too-long"] = lambda w, mp: (smol(), cli("chat", "--backend", "llama.cpp", "--threads", "1", "--ctx",

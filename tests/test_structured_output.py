@@ -115,6 +115,34 @@ def test_a_bad_schema_fails_before_the_model_loads(cache_env):
     assert "inference.constraint.json_schema: (inline): Invalid type: objekt" in proc.stderr.decode()
 
 
+def test_chat_commands_set_and_remove_a_constraint(cache_env, tmp_path):
+    color = {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"],
+             "additionalProperties": False}
+    lark = tmp_path / "ab.lark"
+    lark.write_text('start: "A" | "B"\n')
+    lines = [f"/json-schema {json.dumps(color)}", "Name a color.", "/set max_length 2", "Name a color.",
+             "/json_schema {\"type\": \"objekt\"}", "/stats", "/set max_length 40", "/regex (yes|no)",
+             "Is the sky blue?", f"/grammar {lark}", "Pick A or B.", "/constraint", "/constraint off",
+             "/json-object now", "/set max_length 6", "Name a color."]
+    proc = mlxgen("chat", "--backend", "llama.cpp", "-t", "1", "--temperature", "0", "--json",
+                  input=("\n".join(lines) + "\n").encode(), env=cache_env)
+    err = proc.stderr.decode()
+    assert "Traceback" not in err
+    assert proc.returncode == 1  # a piped session with a bad command exits 1; the chat went on after it
+    first, cut, stats, yes_no, ab, free = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    jsonschema.validate(json.loads(first["text"]), color)
+    assert first["stop_reason"] == "eos" and first["constraint"] == {"label": "json_schema (inline)", "complete": True}
+    assert cut["stop_reason"] == "length" and cut["constraint"]["complete"] is False
+    assert "mlxgen: warning: the answer is incomplete for json_schema (inline): max_length was reached" in err
+    assert "mlxgen: error: /json-schema: (inline): Invalid type: objekt" in err  # and the old one stays on
+    assert stats["stats"]["constraint"] == "json_schema (inline)"
+    assert yes_no["text"] in ("yes", "no") and yes_no["constraint"]["complete"]
+    assert ab["text"] in ("A", "B") and ab["constraint"]["label"] == f"grammar {lark}"
+    assert "mlxgen: error: /json-object takes no value" in err
+    assert f"(constraint: grammar {lark})\n(constraint: none)" in err  # /constraint shows it, then removes it
+    assert "constraint" not in free  # (the model may still imitate its earlier JSON answers)
+
+
 def test_logits_shows_what_the_constraint_allows(cache_env):
     proc = mlxgen("logits", "Describe a cat.", "--backend", "llama.cpp", "--regex", "(yes|no)", "--json",
                   env=cache_env)

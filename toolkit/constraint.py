@@ -68,11 +68,14 @@ def from_config(section: Any) -> Spec | None:
     return make_spec(*given[0]) if given else None  # the config allows one at most
 
 
-def make_spec(kind: str, value: Any) -> Spec:
-    """``kind``'s value (a file, inline text, a mapping) read and checked with llguidance, no tokenizer needed."""
+def make_spec(kind: str, value: Any, where: str | None = None) -> Spec:
+    """``kind``'s value (a file, inline text, a mapping) read and checked with llguidance, no tokenizer needed.
+
+    ``where``: what error messages name (the config key by default; the server names the request field).
+    """
     t0 = time.perf_counter()
     llg = _llg()
-    where = f"inference.constraint.{kind}"
+    where = where or f"inference.constraint.{kind}"
     schema = None
     if kind == "json_object":
         schema, label = ANY_OBJECT, "json_object"
@@ -95,7 +98,7 @@ def make_spec(kind: str, value: Any) -> Spec:
     problem = llg.LLMatcher.validate_grammar(grammar)
     if problem:
         raise ConstraintError(f"{where}: {label}: {_one_line(problem)}")
-    return Spec(kind, label if kind != "json_schema" else f"json_schema {label}", grammar, schema,
+    return Spec(kind, label if kind in ("json_object", "regex") else f"{kind} {label}", grammar, schema,
                 (time.perf_counter() - t0) * 1e3)
 
 

@@ -35,6 +35,8 @@ class Turn:
     dropped_turns: int = 0  # oldest turns this turn's context shift dropped (--context-overflow shift)
     dropped_tokens: int = 0  # their prompt tokens
     shifted: int = 0  # of those, positions removed from the cache in place (llama.cpp); the rest re-prefilled
+    complete: bool | None = None  # the answer completes the constraint (None: no constraint)
+    constraint: str | None = None  # the constraint's label
 
     @property
     def shift(self) -> dict | None:
@@ -96,6 +98,7 @@ class Conversation:
                 "/reset to start over (or raise --ctx)"
             )
         sample = self.sess.sampler(self.params)
+        matcher = sample.constraints[0] if sample.constraints else None  # the constraint /json-schema etc. set
         done = consume(self.sess.complete(ids, shift=overflow == "shift", max_tokens=self.params.max_length,
                                           sample=sample, overflow=overflow))
         reused = done.stats.cached_tokens
@@ -105,7 +108,9 @@ class Conversation:
                 {"role": "assistant", "content": done.text},
             ]
         dropped = (self.start - start) // 2
-        turn = Turn(done, reused, len(ids) - reused, dropped, before - len(ids) if dropped else 0, self.sess.cache.shifted)
+        complete, label = (matcher.complete, matcher.grammar.spec.label) if matcher else (None, None)
+        turn = Turn(done, reused, len(ids) - reused, dropped, before - len(ids) if dropped else 0, self.sess.cache.shifted,
+                    complete, label)
         self.turns.append(turn)
         return turn
 
@@ -123,6 +128,24 @@ class Conversation:
 
     def settings(self) -> dict:
         return settings.values(self.params)
+
+    @property
+    def constraint(self) -> str | None:
+        """The constraint every answer follows (``--json-schema`` etc., or a chat command), as its label."""
+        return self.sess.constraint.spec.label if self.sess.constraint is not None else None
+
+    def set_constraint(self, kind: str | None, value: object = None) -> None:
+        """``/json-schema FILE|JSON``, ``/json-object``, ``/regex P``, ``/grammar FILE``; None: ``/constraint off``.
+
+        Checked and bound to the model before it replaces the current one (a bad schema changes nothing).
+        """
+        if kind is None:
+            self.sess.constraint = None
+            return
+        from mlxgen import constraint
+
+        spec = constraint.make_spec(kind, True if kind == "json_object" else value, where="/" + kind.replace("_", "-"))
+        self.sess.constraint = self.sess.bind(spec)
 
     def set(self, name: str, value: str) -> None:
         """``/set NAME VALUE``; the value is checked as the config checks it."""

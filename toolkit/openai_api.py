@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from mlxgen import settings
-from mlxgen.errors import ConfigError
+from mlxgen.errors import ConfigError, MlxgenError
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "interrupted": "stop"}
 MAX_STOP = 16  # stop strings per request, as OpenAI allows 4 (llama-server: any)
@@ -63,6 +63,7 @@ class Request:
     thinking: bool | None  # chat_template_kwargs.enable_thinking
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    constraint: Any = None  # response_format as a checked mlxgen.constraint.Spec; None: the server's (usually none)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -70,8 +71,6 @@ class Request:
 # ------------------------------------------------------------------ parsing
 
 REFUSED = {
-    "response_format": "response_format is not supported yet (structured output is not built); "
-                       "leave it out or use a stop string",
     "tools": "tools are not supported yet",
     "tool_choice": "tool_choice is not supported yet (no tools)",
     "functions": "functions are not supported yet",
@@ -123,7 +122,8 @@ def parse_request(kind: str, body: Any, model_ids: Sequence[str]) -> Request:
     thinking = expect(kwargs, "enable_thinking", bool, None, "chat_template_kwargs.enable_thinking")
     return Request(kind, model, messages, prompt, sampling, max_tokens, parse_stop(body.get("stop")),
                    parse_logprobs(kind, body), stream, include_usage, thinking,
-                   penalty(body, "frequency_penalty"), penalty(body, "presence_penalty"))
+                   penalty(body, "frequency_penalty"), penalty(body, "presence_penalty"),
+                   parse_response_format(body.get("response_format")))
 
 
 def first_set(body: dict, *names: str) -> Any:
@@ -220,6 +220,58 @@ def parse_stop(stop: Any) -> tuple[str, ...] | None:
     if len(stops) > MAX_STOP:
         raise bad(f"stop: at most {MAX_STOP} stop strings", "stop")
     return tuple(stops)
+
+
+def parse_response_format(fmt: Any) -> Any:
+    """``response_format`` as a checked constraint spec (``mlxgen.constraint``), or None for text.
+
+    ``{"type": "text"}``; ``{"type": "json_object"}`` (any JSON object); ``{"type": "json_schema",
+    "json_schema": {"name", "schema", "strict", "description"}}`` (OpenAI's shape); and llama-server's
+    ``{"type": "json_object", "schema": {...}}``. The schema must be given inline, as an object:
+    a string is never read as a file on the server. A bad schema is a 400 naming ``response_format``.
+    """
+    param = "response_format"
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise bad(f"response_format: expected an object like {{\"type\": \"json_object\"}}, "
+                  f"got {type(fmt).__name__}", param)
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+
+    def typed(obj: dict, name: str, kind: type, where: str) -> Any:  # a wrong type names response_format
+        try:
+            return expect(obj, name, kind, None, where)
+        except ApiError as e:
+            raise bad(e.message, param) from None
+
+    if kind == "json_object":
+        schema = typed(fmt, "schema", dict, "response_format.schema")
+        where = "response_format.schema"
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise bad("response_format.json_schema: expected an object {name, schema, strict}", param)
+        typed(spec, "name", str, "response_format.json_schema.name")
+        typed(spec, "strict", bool, "response_format.json_schema.strict")
+        schema = spec.get("schema")
+        if not isinstance(schema, dict):
+            raise bad("response_format.json_schema.schema: expected the JSON schema as an object", param)
+        where = "response_format.json_schema.schema"
+    else:
+        raise bad(f"response_format.type: {kind!r} is not supported; expected text, json_object or json_schema",
+                  param)
+    from mlxgen import constraint  # llguidance, only when a request asks for structured output
+
+    try:
+        if schema is None:
+            return constraint.make_spec("json_object", True)
+        return constraint.make_spec("json_schema", schema, where)
+    except ConfigError as e:  # a schema llguidance rejects
+        raise bad(str(e), param, "invalid_schema") from None
+    except MlxgenError as e:  # llguidance is not installed
+        raise ApiError(400, str(e), param, "unsupported_parameter") from None
 
 
 def parse_logprobs(kind: str, body: dict) -> int | None:

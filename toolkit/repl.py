@@ -8,6 +8,7 @@ prompt, clears the line; Ctrl-D (end of input) or /exit ends the chat.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import Callable, TextIO
@@ -18,6 +19,7 @@ from mlxgen import render, settings
 from mlxgen.conversation import Conversation, Turn
 from mlxgen.errors import MlxgenError
 
+CONSTRAINTS = {"json-schema": "json_schema", "json-object": "json_object", "regex": "regex", "grammar": "grammar"}
 PROMPT = ">>> "
 MORE = "... "  # inside a multi-line message
 FENCE = '"""'  # a message between triple quotes spans lines
@@ -27,6 +29,11 @@ HELP = f"""\
 /system [TEXT]       set the system prompt (no TEXT: remove it)
 /think on|off        the thinking switch (Qwen3 style); /think alone shows it
 /set [NAME VALUE]    {_SET}
+/json-schema FILE    answers must be JSON valid against this schema (a file or the JSON)
+/json-object         answers must be one JSON object
+/regex PATTERN       answers must match this regular expression
+/grammar FILE        answers must follow this Lark grammar (a file or the text)
+/constraint [off]    show the constraint (as --json-schema etc. set it), or remove it
 /stats               tokens reused and prefilled, speeds, the settings
 /save FILE           the conversation as JSON       /load FILE   continue a saved one
 /exit                quit (or Ctrl-D)               //text       send text that starts with /
@@ -51,7 +58,8 @@ class Repl:
         self.commands: dict[str, Callable[[str], bool | None]] = {
             "help": self.cmd_help, "reset": self.cmd_reset, "system": self.cmd_system, "think": self.cmd_think,
             "set": self.cmd_set, "stats": self.cmd_stats, "save": self.cmd_save, "load": self.cmd_load,
-            "exit": self.cmd_exit, "quit": self.cmd_exit,
+            "exit": self.cmd_exit, "quit": self.cmd_exit, "constraint": self.cmd_constraint,
+            **{name: functools.partial(self.cmd_constrain, kind) for name, kind in CONSTRAINTS.items()},
         }
 
     # ------------------------------------------------------------------ loop
@@ -118,7 +126,7 @@ class Repl:
             return None
         if line.startswith("/") and not line.startswith("//"):
             name, _, arg = line[1:].partition(" ")
-            command = self.commands.get(name.lower())
+            command = self.commands.get(name.lower().replace("_", "-"))
             if command is None:
                 raise MlxgenError(f"/{name}: unknown command; /help lists them")
             return command(arg.strip())
@@ -131,6 +139,11 @@ class Repl:
             self.emit(turn_dict(len(self.conv.turns), text, turn))
         elif not self.quiet:
             self.say(turn_line(turn))
+        if turn.complete is False:  # never claimed valid (as run's warning)
+            why = {"length": "max_length was reached (/set max_length N)", "context": "the context is full",
+                   "stop": "a stop string ended it", "interrupted": "it was interrupted"}.get(turn.done.reason,
+                                                                                           turn.done.reason)
+            self.say(f"mlxgen: warning: the answer is incomplete for {turn.constraint}: {why}")
         if turn.done.reason == "context":
             self.say(f"the context is full ({self.conv.sess.backend.n_ctx} tokens): /reset to start over")
         elif turn.done.reason == "interrupted":
@@ -164,6 +177,20 @@ class Repl:
                 raise MlxgenError(f"/set {name}: give a value, e.g. /set temperature 0.2")
             self.conv.set(name, value)
         self.say("(" + " · ".join(f"{k} {v}" for k, v in self.conv.settings().items()) + ")")
+
+    def cmd_constrain(self, kind: str, arg: str) -> None:
+        if kind == "json_object" and arg:
+            raise MlxgenError(f"/json-object takes no value (any JSON object); /json-schema {arg} for a schema")
+        self.conv.set_constraint(kind, arg)
+        self.say(f"(constraint: {self.conv.constraint}; /constraint off removes it)")
+
+    def cmd_constraint(self, arg: str) -> None:
+        if arg.lower() == "off":
+            self.conv.set_constraint(None)
+        elif arg:
+            raise MlxgenError(f"/constraint {arg}: expected off (or nothing, to show it); "
+                              "/json-schema, /json-object, /regex or /grammar set one")
+        self.say(f"(constraint: {self.conv.constraint or 'none'})")
 
     def cmd_stats(self, arg: str) -> None:
         data = stats_dict(self.conv)
@@ -225,6 +252,7 @@ def shift_text(turn: Turn) -> str:
 
 
 def turn_dict(n: int, user: str, turn: Turn) -> dict:
+    extra = {"constraint": {"label": turn.constraint, "complete": turn.complete}} if turn.constraint else {}
     return {
         "turn": n,
         "user": user,
@@ -236,6 +264,7 @@ def turn_dict(n: int, user: str, turn: Turn) -> dict:
         "new_tokens": turn.new,
         "context_shift": turn.shift,
         "stats": turn.done.stats.as_dict(),
+        **extra,
     }
 
 
@@ -250,6 +279,7 @@ def stats_dict(conv: Conversation) -> dict:
         "generated_tokens": sum(t.done.stats.generated_tokens for t in conv.turns),
         "last": turn_dict(len(conv.turns), "", last) if last else None,
         "settings": conv.settings(),
+        "constraint": conv.constraint,
         "system": conv.spec.system,
         "thinking": conv.spec.thinking,
         "backend": conv.sess.backend.name,
@@ -272,6 +302,8 @@ def stats_text(d: dict) -> str:
             f"stop: {d['last']['stop_reason']}"
         )
     lines.append("settings: " + " · ".join(f"{k} {v}" for k, v in d["settings"].items()))
+    if d["constraint"]:
+        lines.append(f"constraint: {d['constraint']}")
     return "\n".join(lines)
 
 

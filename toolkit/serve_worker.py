@@ -146,7 +146,9 @@ class Worker:
         extra = []
         if req.frequency_penalty or req.presence_penalty:
             extra.append(additive_penalties(req.frequency_penalty, req.presence_penalty, len(ids), sess.ops))
-        sample = sess.sampler(params, processors=extra)
+        grammar = self.grammar(req)
+        sample = sess.sampler(params, processors=extra, grammar=grammar)
+        matcher = sample.constraints[0] if sample.constraints else None  # response_format's (or the config's)
         recorder = None
         if req.logprobs is not None:
             from mlxgen.logits import LogprobRecorder
@@ -171,8 +173,22 @@ class Worker:
                 event = next(events)
         stats = event.stats
         self.finished.append((req.id, event.reason, stats.generated_tokens))
+        if matcher is not None and not matcher.complete:  # finish_reason says why (length, or a stop string)
+            log.info("request %s: the output is incomplete for %s (%s)", req.id, matcher.grammar.spec.label,
+                     event.reason)
         job.send("done", event.reason, usage(stats.prompt_tokens, stats.cached_tokens, stats.generated_tokens),
                  stats)
+
+    def grammar(self, req: Request):
+        """The request's response_format bound to the model (a fresh matcher per run comes from it), or None."""
+        if req.constraint is None:
+            return None
+        from mlxgen.constraint import ConstraintError
+
+        try:
+            return self.sess.bind(req.constraint)
+        except ConstraintError as e:
+            raise ApiError(400, str(e), "response_format", "invalid_schema") from None
 
     def entry(self, record, k: int) -> dict:
         tok = self.sess.tokenizer

@@ -92,20 +92,29 @@ class Session:
         """The array ops the sampler runs on: the backend's own (MLX) or numpy."""
         return self.backend.sampling_ops if isinstance(self.backend, Pipelined) else NUMPY
 
-    def sampler(self, params: SamplingParams | None = None, processors: Sequence[Processor] = ()):
+    def sampler(self, params: SamplingParams | None = None, processors: Sequence[Processor] = (),
+                grammar: Grammar | None = None):
         """A fresh sampler for this backend's arrays (the config's settings by default).
 
         ``processors``: the caller's own logits processors, after the settings' and the session's.
+        ``grammar``: a constraint for this run instead of the session's (a server request's response_format).
         """
-        return make_sampler(params or sampling_params(self.cfg), ops=self.ops, processors=self.run_processors(processors))
+        return make_sampler(params or sampling_params(self.cfg), ops=self.ops,
+                            processors=self.run_processors(processors, grammar=grammar))
 
-    def run_processors(self, processors: Sequence[Processor] = (), ops=None) -> tuple[Processor, ...]:
-        """A run's processors: the session's, a fresh matcher of its constraint, then ``processors``.
+    def run_processors(self, processors: Sequence[Processor] = (), ops=None,
+                       grammar: Grammar | None = None) -> tuple[Processor, ...]:
+        """A run's processors: the session's, a fresh matcher of its constraint (or ``grammar``'s), then ``processors``.
 
         ``ops``: the arrays the matcher masks (the backend's own by default; numpy for `mlxgen logits`).
         """
-        matcher = (self.constraint.matcher(ops or self.ops),) if self.constraint else ()
+        grammar = grammar or self.constraint
+        matcher = (grammar.matcher(ops or self.ops),) if grammar else ()
         return (*self.processors, *matcher, *processors)
+
+    def bind(self, spec: "constraint.Spec") -> Grammar:
+        """``spec`` bound to this model's vocabulary and EOS (llguidance's tokenizer is built once per model)."""
+        return constraint.bind(spec, self.tokenizer, self.backend.vocab_size, self.eos_ids)
 
     def generate(
         self,
@@ -221,7 +230,7 @@ def open_session(cfg: Config, choice: hardware.Choice) -> Session:
                    speculation=speculation, weights=weights)
     if spec is not None:
         try:
-            sess.constraint = constraint.bind(spec, tokenizer, backend.vocab_size, eos_ids)
+            sess.constraint = sess.bind(spec)
         except BaseException:
             sess.close()
             raise
