@@ -13,8 +13,8 @@ For each setting (16 = the full-precision cache) it reports:
 * **Teacher-forced top-1 agreement** with the full-precision cache: the text's tokens go
   through ``verify`` in chunks of ``--chunk`` (every position's logits, the cache holding
   everything before it), and the argmax at each position is compared.
-  On llama.cpp the quantized settings run with flash attention on (a quantized V cache
-  needs it), so ``16+fa`` (full precision, flash attention on) separates the two effects.
+  llama.cpp runs with flash attention on (mlxgen's default; a quantized V cache needs it),
+  and ``16-nofa`` (full precision, flash attention off) shows what flash attention alone moves.
 * **Decode tok/s** after ``--decode-depth`` cached positions, the settings interleaved
   (A B C C B A …), the median of ``--reps`` runs of ``--decode`` greedy steps (the cache
   trimmed back to that depth between runs).
@@ -34,20 +34,14 @@ from pathlib import Path
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 
 
-def open_backend(name: str, bits: int, n_ctx: int, threads: int, flash: bool = False):
+def open_backend(name: str, bits: int, n_ctx: int, threads: int, no_flash: bool = False):
     from mlxgen import session
     from mlxgen.config import load_config
 
     cfg = load_config(None, {"backend": name, "llm.n_ctx": n_ctx, "llm.n_threads": threads,
-                             "llm.kv_bits": None if bits == 16 else bits, "inference.raw": True})
-    sess = session.open_session(cfg, session.plan(cfg).choice)
-    if flash and name == "llama.cpp":  # full precision with flash attention on, as the quantized settings run
-        from mlxgen.backends.llamacpp import LlamaCppBackend
-        from mlxgen.sources import resolve_gguf
-
-        sess.backend.close()
-        sess.backend = LlamaCppBackend(resolve_gguf(cfg.llm), n_ctx=n_ctx, n_threads=threads, flash_attn=True)
-    return sess
+                             "llm.kv_bits": None if bits == 16 else bits, "inference.raw": True,
+                             "llm.flash_attn": not no_flash})
+    return session.open_session(cfg, session.plan(cfg).choice)
 
 
 def to_numpy(x):
@@ -56,7 +50,7 @@ def to_numpy(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def agreement(sessions: dict, ids: list[int], chunk: int, bases=("16", "16+fa")) -> dict:
+def agreement(sessions: dict, ids: list[int], chunk: int, bases=("16", "16-nofa")) -> dict:
     """Teacher forcing, every setting chunk by chunk: top-1 agreement with each base and mean KL(base || setting)."""
     import numpy as np
 
@@ -153,7 +147,7 @@ def main() -> int:
     settings = [(b, False) for b in bits]
     if args.backend == "llama.cpp" and 16 in bits and any(b != 16 for b in bits):
         settings.insert(1, (16, True))
-    label = lambda s: f"{s[0]}{'+fa' if s[1] else ''}"  # noqa: E731
+    label = lambda s: f"{s[0]}{'-nofa' if s[1] else ''}"  # noqa: E731
     sessions = {label(s): open_backend(args.backend, s[0], n_ctx, args.threads, s[1]) for s in settings}
     out = {"backend": args.backend, "text": args.text, "positions": args.positions, "settings": list(sessions)}
     first = next(iter(sessions.values()))
