@@ -343,6 +343,43 @@ def scenario_trace(kills: int, work: Path, rng: random.Random, env: dict, tokens
     return fig
 
 
+def kill_rewrites(fig: Figures, kills: int, rng: random.Random, full: float, *, restore: Callable[[], None],
+                  shoot: Callable[[dict], Shot], tmp: Callable[[], list[Path]], read: Callable[[], object],
+                  earlier: object, is_new: Callable[[object], bool], what: str,
+                  next_run: Callable[[], str | None], next_ok: str) -> None:
+    """A write over an earlier file, killed at random moments: after each kill the file must be
+    the earlier one or a complete new one, and the next run (``next_run``: None, or what went
+    wrong) must succeed. ``shoot(when)`` runs the writer and kills it as ``kill_times`` says."""
+    i = 0
+    while fig.kills < kills:
+        restore()
+        when = kill_times(rng, i, full, 0.0)
+        shot = shoot({**when, "region": tmp if "after" in when else None})
+        i += 1
+        if not shot.killed:
+            fig.finished_first += 1
+            continue
+        fig.kills += 1
+        left = tmp()
+        fig.mid_write += bool(left)
+        fig.leftover_tmp_max = max(fig.leftover_tmp_max, len(left))
+        fig.leftover_bytes_max = max(fig.leftover_bytes_max, size_of(left))
+        now = read()
+        if now is None:
+            fig.violations.append(f"kill {fig.kills}: the earlier {what} is gone")
+        elif now == earlier:
+            fig.outcomes[f"kept the earlier {what}"] += 1
+        elif is_new(now):
+            fig.outcomes[f"the complete new {what}"] += 1
+        else:
+            fig.violations.append(f"kill {fig.kills} at {shot.at:.2f}s: half-written {what} ({len(now)} long)")
+        problem = next_run()
+        if problem:
+            fig.violations.append(f"kill {fig.kills}: {problem}")
+        else:
+            fig.outcomes[next_ok] += 1
+
+
 # ------------------------------------------------------------------ chat /save
 
 
@@ -376,33 +413,14 @@ def scenario_save(kills: int, work: Path, rng: random.Random, env: dict) -> Figu
         return sorted(out_dir.glob(".chat.json.tmp-*"))
 
     earlier = json.dumps({**want, "messages": want["messages"] + want["messages"]})  # an older, longer save
-    i = 0
-    while fig.kills < kills:
-        saved.write_text(earlier)
-        when = kill_times(rng, i, full, 0.0)
-        shot = run({**when, "region": tmp if "after" in when else None})
-        i += 1
-        if not shot.killed:
-            fig.finished_first += 1
-            continue
-        fig.kills += 1
-        left = tmp()
-        fig.mid_write += bool(left)
-        fig.leftover_tmp_max = max(fig.leftover_tmp_max, len(left))
-        now = saved.read_text() if saved.exists() else None
-        if now is None:
-            fig.violations.append(f"kill {fig.kills}: the earlier save is gone")
-        elif now == earlier:
-            fig.outcomes["kept the earlier save"] += 1
-        elif valid_json(saved) == want:
-            fig.outcomes["the complete new save"] += 1
-        else:
-            fig.violations.append(f"kill {fig.kills} at {shot.at:.2f}s: half-written save ({len(now)} chars)")
+
+    def next_run() -> str | None:
         nxt = run()
-        if nxt.returncode != 0 or valid_json(saved) != want:
-            fig.violations.append(f"kill {fig.kills}: next chat did not save the same conversation")
-        else:
-            fig.outcomes["next run ok"] += 1
+        return None if nxt.returncode == 0 and valid_json(saved) == want else "next chat did not save the same conversation"
+
+    kill_rewrites(fig, kills, rng, full, restore=lambda: saved.write_text(earlier), shoot=run, tmp=tmp,
+                  read=lambda: saved.read_text() if saved.exists() else None, earlier=earlier,
+                  is_new=lambda now: valid_json(saved) == want, what="save", next_run=next_run, next_ok="next run ok")
     fig.leftover_end = len(tmp())
     fig.seconds = time.monotonic() - t_start
     return fig
@@ -446,39 +464,20 @@ def scenario_promptcache(kills: int, work: Path, rng: random.Random, env: dict, 
     def tmp() -> list[Path]:
         return sorted(out_dir.glob(".doc.mlxcache.tmp-*"))
 
-    i = 0
-    while fig.kills < kills:
-        saved.write_bytes(earlier)
-        when = kill_times(rng, i, full, 0.0)
-        shot = run_and_kill(argv, env, region=tmp if "after" in when else None, **when)
-        i += 1
-        if not shot.killed:
-            fig.finished_first += 1
-            continue
-        fig.kills += 1
-        left = tmp()
-        fig.mid_write += bool(left)
-        fig.leftover_tmp_max = max(fig.leftover_tmp_max, len(left))
-        fig.leftover_bytes_max = max(fig.leftover_bytes_max, size_of(left))
-        now = saved.read_bytes() if saved.exists() else None
-        if now is None:
-            fig.violations.append(f"kill {fig.kills}: the earlier prompt cache is gone")
-        elif now == earlier:
-            fig.outcomes["kept the earlier file"] += 1
-        elif now == new:
-            fig.outcomes["the complete new file"] += 1
-        else:
-            fig.violations.append(f"kill {fig.kills} at {shot.at:.2f}s: half-written prompt cache ({len(now)} bytes)")
+    def next_run() -> str | None:
         nxt = run_ok(check, env)
         err = nxt.stderr.decode()
         if nxt.returncode != 0:
-            fig.violations.append(f"kill {fig.kills}: next run failed: {err.strip()[-300:]}")
-        elif "prompt cache not used" in err or not json.loads(nxt.stdout)["prompt_cache"]["used"]:
-            fig.violations.append(f"kill {fig.kills}: corrupt load: {err.strip()[-300:]}")
-        elif json.loads(nxt.stdout)["tokens"] != want:
-            fig.violations.append(f"kill {fig.kills}: tokens differ from a cold run")
-        else:
-            fig.outcomes["next run loaded it, cold tokens"] += 1
+            return f"next run failed: {err.strip()[-300:]}"
+        if "prompt cache not used" in err or not json.loads(nxt.stdout)["prompt_cache"]["used"]:
+            return f"corrupt load: {err.strip()[-300:]}"
+        return "tokens differ from a cold run" if json.loads(nxt.stdout)["tokens"] != want else None
+
+    kill_rewrites(fig, kills, rng, full, restore=lambda: saved.write_bytes(earlier),
+                  shoot=lambda when: run_and_kill(argv, env, **when), tmp=tmp,
+                  read=lambda: saved.read_bytes() if saved.exists() else None, earlier=earlier,
+                  is_new=lambda now: now == new, what="prompt cache", next_run=next_run,
+                  next_ok="next run loaded it, cold tokens")
     run_ok(argv, env)  # loading writes nothing; the next save removes what a killed one left
     fig.leftover_end = len(tmp())
     fig.seconds = time.monotonic() - t_start
