@@ -169,7 +169,10 @@ class LlamaCppBackend:
         return self._llm.n_tokens
 
     # ------------------------------------------------------------- state (base.State)
-    state_version = f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')}"
+    @property
+    def state_version(self) -> str:
+        """The library, and flash attention: its K/V values are computed with it (a cold run without differs)."""
+        return f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')}, flash attention {'on' if self.flash_attn else 'off'}"
 
     def save_state(self) -> bytes:
         """Sequence 0's KV cells (``llama_state_seq_get_data``): no logits, no scores."""
@@ -220,7 +223,10 @@ class LlamaCppBackend:
         model = self._llm._model.model
         layers, heads = llama_cpp.llama_model_n_layer(model), llama_cpp.llama_model_n_head(model)
         kv_heads, embd = llama_cpp.llama_model_n_head_kv(model), llama_cpp.llama_model_n_embd(model)
-        per_position = 2 * layers * kv_heads * (embd // heads)  # values in K and V, every layer
+        md = self._llm.metadata  # a model may set its own head size (Qwen3: 128 where 1024 / 16 = 64)
+        arch = md.get("general.architecture", "")
+        k_dim, v_dim = (int(md.get(f"{arch}.attention.{k}_length", embd // heads)) for k in ("key", "value"))
+        per_position = layers * kv_heads * (k_dim + v_dim)  # values in K and V, every layer
         size = self._llm.n_ctx() * per_position * block_bytes // block
         return {"type": name, "bytes": int(size), "note": FLASH_NOTE if self._flash_forced else ""}
 

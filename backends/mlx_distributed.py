@@ -320,6 +320,10 @@ def follow(local: MLXBackend, g) -> None:
 class Leader(MLXBackend):
     """Rank 0's backend: the sharded MLX backend, each call broadcast to the other ranks first."""
 
+    # Not base.State: a state would hold rank 0's shard only, and a restore would leave the other
+    # ranks' caches empty (None removes the capability: isinstance(leader, State) is False).
+    save_state = load_state = None
+
     def __init__(self, local: MLXBackend, g, mode: str) -> None:
         self.__dict__.update(local.__dict__)
         self.group = g

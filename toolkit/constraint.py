@@ -299,8 +299,8 @@ class Matcher:
             return
         if n > len(self._consumed):
             raise MlxgenError(f"{self.name}: cannot roll back {n} tokens (only {len(self._consumed)} accepted)")
-        undone, self._consumed = self._consumed[-n:], self._consumed[:-n]
-        consumed = sum(undone)
+        consumed = sum(self._consumed[-n:])
+        del self._consumed[-n:]
         if consumed and not self._m.rollback(consumed):
             raise MlxgenError(f"{self.name}: cannot roll back {n} tokens ({_one_line(self._m.get_error())})")
         self.accepted -= n

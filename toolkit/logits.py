@@ -167,7 +167,6 @@ class LogprobRecorder:
 
     def __init__(self, sample, k: int, ops: Any = NUMPY) -> None:
         self.sample, self.k, self.ops = sample, k, ops
-        self.inner = sample  # speculative decoding drafts and decides with this, and calls observe per kept token
         self.needs_history = getattr(sample, "needs_history", True)
         self.constraints = getattr(sample, "constraints", ())
         self.accept, self.rollback = acceptor(sample), getattr(sample, "rollback", None)
@@ -179,7 +178,8 @@ class LogprobRecorder:
         return token
 
     def observe(self, history: Sequence[int], logits: Any, tid: int) -> None:
-        """Record token ``tid`` drawn from ``logits`` (the model's raw row at that position)."""
+        """Record token ``tid`` drawn from ``logits`` (the model's raw row at that position); speculative
+        decoding drafts and decides with ``self.sample`` and calls this once per kept token."""
         lp = log_softmax(to_numpy(logits, self.ops))
         self.records.append((tid, float(lp[tid]), [(int(i), float(lp[i])) for i in top_ids(lp, self.k)]))
 

@@ -123,7 +123,6 @@ class PromptCache:
             span = dropped_span(held, ids, reused)
             if span and self.backend.shift(reused, span):
                 self.shifted, held = span, held[:reused] + held[reused + span :]
-                self._ids = held
                 reused = min(common_prefix(held, ids), max(len(ids) - 1, 0))
         self.backend.trim(reused)
         self._ids = list(ids)

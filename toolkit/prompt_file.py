@@ -76,9 +76,9 @@ def identity(sess) -> dict:
 
 
 def kv_settings(cfg) -> dict:
-    """The settings a state's numbers depend on: ``llm.kv_bits`` (16 = not quantized) and llama.cpp's
-    flash attention (its K/V values are computed with it, so a cold run with the other setting differs)."""
-    return {"kv_bits": int(cfg.llm.kv_quant or 16), "flash_attn": bool(cfg.llm.flash_attn)}
+    """The KV-cache settings a state depends on: ``llm.kv_bits`` (16 = not quantized). What else a
+    backend's numbers depend on (llama.cpp: flash attention) is in its ``state_version``."""
+    return {"kv_bits": int(cfg.llm.kv_quant or 16)}
 
 
 # ------------------------------------------------------------------ save
@@ -154,6 +154,16 @@ def load(path: str | os.PathLike, sess) -> tuple[int, float, int]:
         raise
 
 
+def missing(path: str | os.PathLike) -> PromptCacheError:
+    return PromptCacheError(f"{path}: no such prompt cache (make one with `mlxgen cache-prompt`)")
+
+
+def check_exists(path: str | None) -> None:
+    """``--prompt-cache FILE`` names a file: checked before the model loads (loading can take minutes)."""
+    if path is not None and not os.path.exists(path):
+        raise missing(path)
+
+
 def _load(path: Path, sess, who: dict) -> tuple[int, float, int]:
     t0 = time.perf_counter()
     try:
@@ -162,7 +172,7 @@ def _load(path: Path, sess, who: dict) -> tuple[int, float, int]:
             check(header, who)
             state = f.read(header.nbytes + 1)
     except FileNotFoundError:
-        raise PromptCacheError(f"{path}: no such prompt cache (make one with `mlxgen cache-prompt`)") from None
+        raise missing(path) from None
     except OSError as e:
         raise PromptCacheError(f"{path}: cannot read the prompt cache: {e.strerror or e}") from None
     if len(state) != header.nbytes:

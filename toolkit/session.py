@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from mlxgen import backends, chat, constraint, hardware, sources
-from mlxgen.backends.base import Backend, KVMemory, Pipelined
+from mlxgen.backends.base import Backend, KVMemory, Pipelined, Verify
 from mlxgen.config import Config
 from mlxgen.constraint import Grammar
 from mlxgen.loop import Done, Event, generate
@@ -196,11 +196,11 @@ class Session:
                 "enable_thinking" not in spec.template and not spec.think_token)):
             why = "--raw has no template" if spec.template is None else "the model has no thinking switch"
             out.append(f"--{'think' if inf.thinking else 'no-think'} does nothing: {why}")
-        note = getattr(self.backend, "verify_note", None) if self.speculation is not None else None
-        if note:
-            out.append(note)
-        if self.cfg.llm.kv_quant and isinstance(self.backend, KVMemory) and self.backend.kv_cache().get("note"):
-            out.append(f"--kv-bits {self.cfg.llm.kv_quant}: {self.backend.kv_cache()['note']}")
+        if self.speculation is not None and isinstance(self.backend, Verify) and self.backend.verify_note:
+            out.append(self.backend.verify_note)
+        kv_note = self.backend.kv_cache().get("note") if isinstance(self.backend, KVMemory) else ""
+        if self.cfg.llm.kv_quant and kv_note:
+            out.append(f"--kv-bits {self.cfg.llm.kv_quant}: {kv_note}")
         layers = self.cfg.llm.n_gpu_layers
         if layers and not self.choice.gpu:
             out.append(f"--gpu-layers {layers} does nothing: {self.choice.backend} runs on the CPU here")

@@ -35,7 +35,7 @@ from mlxgen.backends.base import Backend, Verify
 from mlxgen.errors import ModelError
 from mlxgen.loop import prefill
 from mlxgen.prompt_cache import common_prefix
-from mlxgen.sampling import NUMPY, draw_probs
+from mlxgen.sampling import NUMPY, acceptor, draw_probs
 
 MAX_DRAFT = 16  # draft tokens per round, at most
 
@@ -136,11 +136,11 @@ class DraftModel:
             return [], None
         keep = min(common_prefix(self._ids, history), len(history) - 1)
         self.backend.trim(keep)
-        logits = prefill(self.backend, history, keep)
+        logits = prefill(self.backend, history, keep)[: self.vocab_size]  # never an id the model lacks
         self._ids = list(history)
         h, tokens, rows = list(history), [], []
         greedy = sample.params.greedy
-        accept, rollback = getattr(sample, "accept", None), getattr(sample, "rollback", None)
+        accept, rollback = acceptor(sample), getattr(sample, "rollback", None)
         try:
             for j in range(k):
                 if greedy:
@@ -152,9 +152,8 @@ class DraftModel:
                 tokens.append(tid)
                 h.append(tid)
                 if j < k - 1:
-                    if accept is not None:  # the next draft is masked by the grammar's state after this one
-                        accept(tid)
-                    logits = self.backend.step(tid)
+                    accept(tid)  # the next draft is masked by the grammar's state after this one
+                    logits = self.backend.step(tid)[: self.vocab_size]
                     self._ids.append(tid)
         finally:
             if rollback is not None and len(tokens) > 1:
@@ -267,11 +266,12 @@ def speculative_stream(
     """``loop.token_stream``'s contract (up to ``limit`` ids, the same cache state between
     tokens), with drafted tokens checked ``spec.tokens`` at a time."""
     check(backend)
-    from mlxgen.sampling import acceptor
+    from mlxgen.logits import LogprobRecorder
 
     accept = acceptor(sample)  # constraints hear every token handed out, before the next is decided
-    observe = getattr(sample, "observe", None)  # a logprob recorder: told each kept token and its row
-    sample = getattr(sample, "inner", sample)  # drafting and deciding use the sampler itself
+    recorder = sample if isinstance(sample, LogprobRecorder) else None  # told each kept token and its row
+    observe = recorder.observe if recorder is not None else None
+    sample = recorder.sample if recorder is not None else sample  # drafting and deciding use the sampler itself
     history = list(prompt)
     logits = prefill(backend, prompt, cached, prefill_chunk)
     first = int(sample(history, logits))
