@@ -511,6 +511,7 @@ def _triggers():
     T["ranks-count"] = lambda w, mp: cli("run", "--ranks", "0", "hi")
     T["ranks-ports"] = lambda w, mp: no_free_ports(mp)
     T["ranks-and-hosts"] = lambda w, mp: cli("run", "--ranks", "2", "--hosts", "h.json", "hi")
+    T["ranks-one-table"] = lambda w, mp: cli("bench", "--ranks", "1,2", "-o", "json")
     T["hosts-missing"] = lambda w, mp: cli("run", "--hosts", str(w / "no-hosts.json"), "hi")
     T["hosts-unreadable"] = lambda w, mp: cli("run", "--hosts", write(w, "hosts-bad.json", "{nope"), "hi")
     T["hosts-shape"] = lambda w, mp: cli("run", "--hosts", write(w, "hosts-shape.json", '[{"ips": []}]'), "hi")

@@ -131,6 +131,12 @@ def preset_default(dotted: str) -> Any:
 _PRESET: dict | None = None
 
 
+FLASH_ATTN = click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None,
+                          help="llama.cpp flash attention (llm.flash_attn; default on).")
+KV_BITS = click.option("--kv-bits", "kv_bits", type=int, metavar="8|4",
+                       help="Quantize the KV cache to 8 or 4 bits (llm.kv_bits; 16 = full precision).")
+
+
 def config_options(f):
     """Flags that mirror config keys; each overrides the YAML value (``_overrides`` maps them)."""
     from mlxgen import settings
@@ -151,12 +157,11 @@ def config_options(f):
                      config_key="llm.n_ctx"),
         click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads)."),
         click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all)."),
-        click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None,
-                     help="llama.cpp flash attention (llm.flash_attn; default on)."),
-        click.option("--kv-bits", "kv_bits", type=int, metavar="8|4",
-                     help="Quantize the KV cache to 8 or 4 bits (llm.kv_bits; 16 = full precision)."),
+        FLASH_ATTN,
+        KV_BITS,
         click.option("--context-overflow", "context_overflow", metavar="shift|stop",
-                     help="A full context: drop the oldest turns and go on (shift, chat's default) or stop (run's)."),
+                     help="A full context: drop the oldest tokens (chat: turns) and go on (shift, chat's default) "
+                          "or stop (run's)."),
         click.option("--draft-model", "draft", metavar="SOURCE",
                      help="Speculative decoding with this draft model (same vocabulary, same backend; a source as --model)."),
         click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4)."),
@@ -205,7 +210,7 @@ def rank_options(f):
             code = e.exit_code
         ctx.exit(code)
 
-    ranks_help = ("Also as N ranks on this machine (comma list: 1,2)" if many else
+    ranks_help = ("Run as N ranks on this machine, one table per count (comma list: 1,2)" if many else
                   "Run as N ranks of an MLX group on this machine (ring over 127.0.0.1), to try it.")
     f = click.option("--hosts", metavar="FILE", is_eager=True, expose_value=False, callback=launch,
                      help="Run as one rank per host of mlx's hostfile JSON (mlx.launch over ssh).")(f)
@@ -363,6 +368,9 @@ def run(prompt: str | None, dry_run: bool, as_json: bool, trace: str | None, sho
     message = read_prompt(prompt, options)
     if trace and not os.path.isdir(os.path.dirname(os.path.abspath(trace))):
         raise MlxgenError(f"--trace {trace}: its folder does not exist")
+    from mlxgen import prompt_file
+
+    prompt_file.check_exists(prompt_cache)
     sess = session.open_session(cfg, plan.choice)
     try:
         warn(sess.warnings(), quiet)
@@ -460,9 +468,10 @@ def chat(as_json: bool, quiet: bool, prompt_cache: str | None, **options: Any) -
     """
     cfg = resolve_config(options)
     facts = probe_hardware()
-    from mlxgen import conversation, repl, session
+    from mlxgen import conversation, prompt_file, repl, session
 
     choice = session.plan(cfg, facts).choice
+    prompt_file.check_exists(prompt_cache)
     sess = session.open_session(cfg, choice)
     try:
         warn(sess.warnings(), quiet)
@@ -640,8 +649,8 @@ def doctor(**options: Any) -> None:
 @click.option("--ctx", "n_ctx", type=int, help="Context length (llm.n_ctx).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (llm.n_threads).")
 @click.option("--gpu-layers", "n_gpu_layers", type=int, help="llama.cpp layers on the GPU (-1 = all).")
-@click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None, help="llama.cpp flash attention (default on).")
-@click.option("--kv-bits", "kv_bits", type=int, metavar="8|4", help="Quantize the KV cache (llm.kv_bits; 16 = full precision).")
+@FLASH_ATTN
+@KV_BITS
 @constraint_options
 @click.option("--draft-model", "draft", metavar="SOURCE", help="Also run speculative decoding with this draft model.")
 @click.option("--draft-tokens", type=int, metavar="K", help="Tokens the draft model proposes per step (default 4).")
@@ -773,6 +782,9 @@ def serve(host: str, port: int, api_key: str | None, max_queue: int, max_body: i
     facts = probe_hardware()
     if not server_mod.is_loopback(host) and not api_key:
         warn([f"--host {host} without --api-key: anyone who can reach this port can use the model"])
+    if cfg.inference.context_overflow == "shift":
+        warn(["--context-overflow shift does nothing in serve: max_tokens is capped by the context, and a "
+              "request that reaches it ends with finish_reason length"])
     sess = session.open_session(cfg, session.plan(cfg, facts).choice)
     warn(sess.warnings())
     try:

@@ -124,7 +124,6 @@ def _stdin(data: bytes | None):
 class Ranks:
     def __init__(self, n: int, argv: list[str], hostfile: Path, stdin_data: bytes | None) -> None:
         self.procs: list[subprocess.Popen] = []
-        self.interrupted = False
         cmd = [sys.executable, "-m", "mlxgen", *argv]
         for rank in range(n):
             first = rank == 0
@@ -151,7 +150,7 @@ class Ranks:
         if signum == signal.SIGTERM:
             self._kill_all()
             raise SystemExit(128 + signum)
-        self.interrupted = True  # the terminal sent SIGINT to every rank too: rank 0 ends the run
+        # SIGINT: the terminal sent it to every rank too; rank 0 ends the run (exit 130)
 
     def _wait(self) -> int:
         rank0 = self.procs[0]
@@ -276,13 +275,32 @@ def from_cli(command: str, option: str, value: str) -> int:
     if option == "hosts":
         return run_hosts(value, argv)
     counts = parse_ranks(value, many=command == "bench")
+    if len(counts) > 1 and any(a in ("--plot", "-o=json", "-o=csv") or a.startswith(("--plot=", "--output=json",
+                               "--output=csv")) for a in _joined(argv)):
+        raise LaunchError(f"--ranks {value}: each rank count prints its own table, so -o json, -o csv and --plot "
+                          "take one count at a time")
     data = None
     if command in ("run", "bench") and not sys.stdin.isatty() and _readable(sys.stdin):
         data = sys.stdin.buffer.read()  # a piped prompt: every rank reads the same one
     code = 0
     for n in counts:
         code = run_local(n, argv, data) or code
+        if code in (130, RankLost.exit_code):  # Ctrl-C or a lost rank ends the whole list
+            break
     return code
+
+
+def _joined(argv: list[str]) -> list[str]:
+    """argv with each option's separate value joined to it (``-o json`` -> ``-o=json``)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("-o", "--output") and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def _readable(stream, wait: float = 0.5) -> bool:
