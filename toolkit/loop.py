@@ -110,18 +110,23 @@ def apply_shifts(ids: Sequence[int], shifts: Sequence[tuple[int, int]]) -> list[
 Event = Union[TokenEvent, Done]
 
 
-def prefill(backend: Backend, prompt: Sequence[int], cached: int = 0, chunk: int | None = None):
-    """Run ``prompt[cached:]`` through the cache in chunks; the last position's logits.
+def fill(backend: Backend, ids: Sequence[int], chunk: int | None = None) -> None:
+    """Run ``ids`` through the cache in chunks, no logits wanted (an ``Extend`` backend computes none).
 
-    Chunks of ``chunk`` tokens (else the backend's ``prefill_chunk``, else 512); an
-    ``Extend`` backend fills the cache without computing logits for all but the last.
+    Chunks of ``chunk`` tokens (else the backend's ``prefill_chunk``, else 512).
     """
     chunk = chunk or backend_chunk(backend, PREFILL_CHUNK)
-    starts = range(cached, len(prompt), chunk)
-    fill = backend.extend if isinstance(backend, Extend) else backend.prefill
-    for start in starts[:-1]:
-        fill(prompt[start : start + chunk])
-    return backend.prefill(prompt[starts[-1] : starts[-1] + chunk])
+    put = backend.extend if isinstance(backend, Extend) else backend.prefill
+    for start in range(0, len(ids), chunk):
+        put(ids[start : start + chunk])
+
+
+def prefill(backend: Backend, prompt: Sequence[int], cached: int = 0, chunk: int | None = None):
+    """Run ``prompt[cached:]`` through the cache in chunks (:func:`fill`); the last position's logits."""
+    chunk = chunk or backend_chunk(backend, PREFILL_CHUNK)
+    last = range(cached, len(prompt), chunk)[-1]
+    fill(backend, prompt[cached:last], chunk)
+    return backend.prefill(prompt[last : last + chunk])
 
 
 class ContextShift:
@@ -144,11 +149,7 @@ class ContextShift:
         drop = max(1, (len(held) - keep) // 2)
         if not (isinstance(self.backend, Shift) and self.backend.shift(keep, drop)):
             self.backend.trim(keep)
-            fill = self.backend.extend if isinstance(self.backend, Extend) else self.backend.prefill
-            kept = held[keep + drop :]
-            chunk = self.chunk or backend_chunk(self.backend, PREFILL_CHUNK)
-            for start in range(0, len(kept), chunk):
-                fill(kept[start : start + chunk])
+            fill(self.backend, held[keep + drop :], self.chunk)
         del held[keep : keep + drop]
         self.shifts.append((keep, drop))
 
