@@ -15,6 +15,7 @@ import click
 
 from mlxgen import __version__
 from mlxgen.errors import MlxgenError, PromptError, rank_lost
+from mlxgen.prompt_cache import PREFIX_ENTRIES
 
 
 class _Group(click.Group):
@@ -762,7 +763,7 @@ def convert(source: str, out: str | None, bits: str, group_size: str, revision: 
               help="Largest request body in bytes (413 beyond).")
 @click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds a request's headers and body may take to arrive (408 beyond).")
-@click.option("--prefix-cache", default=4, show_default=True, type=click.IntRange(min=0), metavar="N",
+@click.option("--prefix-cache", default=PREFIX_ENTRIES, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="Keep the KV states of N earlier prompt prefixes in memory, so alternating conversations "
                    "each reuse their own (0: only the live cache).")
 @rank_options

@@ -26,6 +26,7 @@ from mlxgen.backends.base import Backend, Shift, State, n_cached
 
 log = logging.getLogger("mlxgen.prompt_cache")
 MIN_SWAP = 16  # tokens: a prefix saved or restored must be worth at least this many
+PREFIX_ENTRIES = 4  # earlier prefixes a server keeps by default (mlxgen serve --prefix-cache)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -39,7 +40,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class PrefixLRU:
     """Earlier prefixes' cache states in memory, most recently used last; bounded by count and bytes."""
 
-    def __init__(self, max_entries: int = 4, max_bytes: int = 2 << 30) -> None:
+    def __init__(self, max_entries: int = PREFIX_ENTRIES, max_bytes: int = 2 << 30) -> None:
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self.entries: "collections.OrderedDict[tuple[int, ...], bytes]" = collections.OrderedDict()
         self.saved = self.restored = 0  # counts, for the logs and the tests

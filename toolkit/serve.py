@@ -28,6 +28,7 @@ from typing import Any
 
 from mlxgen import openai_api as api
 from mlxgen.openai_api import ApiError
+from mlxgen.prompt_cache import PREFIX_ENTRIES
 from mlxgen.serve_worker import Busy, Job, Worker
 
 log = logging.getLogger("mlxgen.serve")
@@ -316,13 +317,12 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-PREFIX_CACHE = 4  # earlier prompt prefixes kept in memory (mlxgen.prompt_cache.PrefixLRU)
 
 
 def make_server(sess, host: str = "127.0.0.1", port: int = 8080, **kw) -> Server:
     from mlxgen import models
 
-    worker = Worker(sess, kw.pop("max_queue", 32), kw.pop("prefix_cache", PREFIX_CACHE)).start()
+    worker = Worker(sess, kw.pop("max_queue", 32), kw.pop("prefix_cache", PREFIX_ENTRIES)).start()
     return Server((host, port), worker, model_ids(sess.cfg), list_models=models.list_ids, **kw)
 
 
