@@ -230,8 +230,8 @@ def fixed_prefix(sess, ids: Sequence[int]) -> int:
 
     if sess.template.template is None:
         return max(len(ids) - 1, 0)
-    a, b = sess.prompt("a")[1], sess.prompt("b")[1]
-    return min(common_prefix(a, b), common_prefix(a, ids))
+    keep = sess.keep_prefix()  # what a context shift keeps too
+    return min(keep, common_prefix(sess.prompt("a")[1][:keep], ids))
 
 
 def auto(sess, folder: str | os.PathLike, ids: Sequence[int]) -> list[str]:
@@ -251,12 +251,8 @@ def auto(sess, folder: str | os.PathLike, ids: Sequence[int]) -> list[str]:
     keep = fixed_prefix(sess, ids)
     if keep >= MIN_AUTO_PREFIX and n < keep:
         from mlxgen.loop import prefill
-        from mlxgen.prompt_cache import common_prefix
 
-        have = common_prefix(sess.cache.ids, ids[:keep])
-        sess.cache.backend.trim(have)
-        if have < keep:
-            prefill(sess.backend, ids[:keep], have)  # (the logits are not needed)
+        prefill(sess.backend, ids[:keep], sess.cache.prepare(ids[:keep]))  # (the logits are not needed)
         sess.cache.record(ids[:keep])
         try:
             folder.mkdir(parents=True, exist_ok=True)
