@@ -159,6 +159,56 @@ def test_a_dead_rank_or_ctrl_c_ends_every_rank(models, env, victim) -> None:
         assert "every rank stops" in errors[0]
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
+def test_serve_answers_the_request_a_dead_rank_cut_then_ends(models, env) -> None:
+    """serve --ranks 2: rank 1 killed mid-stream. The client gets an error event naming the lost
+    rank (not a bare EOF), the server ends with the lost-rank code and one line, nothing left."""
+    import http.client
+
+    port = launch.free_ports(1)
+    p = subprocess.Popen([sys.executable, "-m", "mlxgen", "serve", "--ranks", "2", "--model", str(models["qwen3"]),
+                          "--port", str(port), "--ctx", "300000"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up when /health answers
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read().decode()[-2000:]
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        pids = _rank_pids(p.pid)
+        assert sorted(pids) == [0, 1]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps({"model": models["qwen3"].name, "prompt": "hello", "max_tokens": 200000, "stream": True,
+                                                            "temperature": 0}), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        first = resp.fp.readline() + resp.fp.readline()
+        assert first.startswith(b"data: {"), first  # generating
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        rest = resp.read().decode(errors="replace")
+        code = p.wait(15)
+        took = time.monotonic() - t0
+        err = p.stderr.read().decode(errors="replace")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    events = [json.loads(ln[6:]) for ln in rest.splitlines() if ln.startswith("data: {")]
+    assert events and "error" in events[-1], (rest[-500:], err[-1000:])
+    assert "error" in events[-1] and "every rank stops" in events[-1]["error"]["message"], rest[-500:]
+    assert "[DONE]" not in rest
+    assert code == RankLost.exit_code and took < 10, (code, took)
+    assert not [pid for pid in pids.values() if _alive(pid)]
+    assert "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("mlxgen: error:")]) == 1, err
+
+
 def test_a_rank_that_cannot_join_says_so_within_the_timeout(models, env) -> None:
     """Rank 0 of a two-rank hostfile whose other rank never starts: one line after MLXGEN_JOIN_TIMEOUT."""
     two = Path(env["MLXGEN_CACHE"]) / "two.json"

@@ -32,6 +32,11 @@ from mlxgen.errors import MlxgenError, RankLost
 
 HOST_TIMEOUT_S = 5.0
 GRACE_S = 4.0  # after one rank ends, the others get this long to end by themselves
+# When another rank ends, the supervisor writes why to the file NOTE_ENV names and sends rank 0
+# PEER_LOST: a server answers the request in flight with that line, then ends (its worker may be
+# stuck in a collective that never returns). Ranks start with it ignored; serve handles it.
+PEER_LOST = getattr(signal, "SIGUSR1", None)
+NOTE_ENV = "MLXGEN_RANK_NOTE"
 LOCAL = ("127.0.0.1", "localhost", "::1", "")
 RANK_FLAGS = ("--ranks", "--hosts")
 
@@ -124,18 +129,22 @@ def _stdin(data: bytes | None):
 class Ranks:
     def __init__(self, n: int, argv: list[str], hostfile: Path, stdin_data: bytes | None) -> None:
         self.procs: list[subprocess.Popen] = []
+        self.note = hostfile.parent / "lost-rank.txt"
         cmd = [sys.executable, "-m", "mlxgen", *argv]
+        ignored = signal.signal(PEER_LOST, signal.SIG_IGN) if PEER_LOST else None  # inherited through exec
         for rank in range(n):
             first = rank == 0
             stdin = subprocess.PIPE if stdin_data is not None else (None if first else subprocess.DEVNULL)
-            p = subprocess.Popen(cmd, env=local_env(rank, hostfile), stdin=stdin,
-                                 stdout=None if first else subprocess.DEVNULL,
+            env = {**local_env(rank, hostfile), **({NOTE_ENV: str(self.note)} if first else {})}
+            p = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=None if first else subprocess.DEVNULL,
                                  stderr=None if first else subprocess.PIPE)
             self.procs.append(p)
             if stdin_data is not None:
                 threading.Thread(target=_feed, args=(p, stdin_data), daemon=True).start()
             if not first:
                 threading.Thread(target=_errors_only, args=(p,), daemon=True).start()
+        if PEER_LOST:
+            signal.signal(PEER_LOST, ignored)
 
     def supervise(self) -> int:
         old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -169,14 +178,22 @@ class Ranks:
             time.sleep(0.05)
 
     def _lost(self, rank: int, code: int) -> int:
-        """Another rank died: rank 0 notices the lost connection itself; else it is stopped."""
+        """Another rank died: rank 0 notices the lost connection itself (or, serving, hears PEER_LOST
+        and answers its request with the line); else it is stopped."""
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        line = f"rank {rank} {how}; every rank stops"
+        if PEER_LOST and self.procs[0].poll() is None:
+            try:
+                self.note.write_text(line, encoding="utf-8")
+                self.procs[0].send_signal(PEER_LOST)
+            except OSError:
+                pass
         try:
             code0 = self.procs[0].wait(GRACE_S)
         except subprocess.TimeoutExpired:
             code0 = None
         if code0 != RankLost.exit_code:  # else rank 0 said it already, in one line
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            print(f"mlxgen: error: rank {rank} {how}; every rank stops", file=sys.stderr, flush=True)
+            print(f"mlxgen: error: {line}", file=sys.stderr, flush=True)
         self._reap(0.0)
         return RankLost.exit_code
 

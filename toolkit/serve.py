@@ -18,7 +18,9 @@ import hmac
 import json
 import logging
 import queue
+import os
 import select
+import signal
 import socket
 import sys
 import time
@@ -26,7 +28,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from mlxgen import launch
 from mlxgen import openai_api as api
+from mlxgen.errors import RankLost
 from mlxgen.openai_api import ApiError
 from mlxgen.prompt_cache import PREFIX_ENTRIES
 from mlxgen.serve_worker import Busy, Job, Worker
@@ -87,6 +91,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        self.job: Job | None = None
         try:
             if path not in self.ROUTES:
                 raise ApiError(404, f"no route {method} {path}", code="not_found")
@@ -102,6 +107,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(e.status, e.body(), e.headers)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True
+        finally:
+            if self.job is not None:
+                self.job.answered.set()
 
     def check_auth(self) -> None:
         key = self.server.api_key
@@ -138,7 +146,7 @@ class Handler(BaseHTTPRequestHandler):
     def serve_completion(self, kind: str) -> None:
         body = self.read_json()
         req = api.parse_request(kind, body, self.server.model_ids)
-        job = Job(req)
+        job = self.job = Job(req)
         try:
             self.server.worker.submit(job)
         except Busy:
@@ -327,6 +335,16 @@ def make_server(sess, host: str = "127.0.0.1", port: int = 8080, **kw) -> Server
 
 
 def serve_forever(server: Server, sess) -> None:
+    note = os.environ.get(launch.NOTE_ENV)
+    if launch.PEER_LOST and note:  # rank 0 under --ranks: the supervisor says when another rank ended
+        def peer_lost(signum, frame) -> None:
+            try:
+                why = Path(note).read_text(encoding="utf-8").strip()
+            except OSError:
+                why = "another rank ended; every rank stops"
+            server.worker.peer_lost(RankLost(why))
+
+        signal.signal(launch.PEER_LOST, peer_lost)
     print(f"mlxgen: serving {server.model_ids[0]} on {server.url} ({sess.choice.backend}, {sess.backend.device}); "
           "Ctrl-C stops", file=sys.stderr, flush=True)
     try:

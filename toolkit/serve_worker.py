@@ -36,6 +36,7 @@ from mlxgen.loop import Done
 from mlxgen.openai_api import ApiError, Request, params_for, usage, with_thinking
 
 log = logging.getLogger("mlxgen.serve")
+ANSWER_WAIT = 5.0  # seconds a lost rank's last request gets to write its 503
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Job:
     req: Request
     out: "queue.Queue[tuple]" = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    answered: threading.Event = field(default_factory=threading.Event)  # the HTTP thread wrote its last byte
 
     def send(self, *message: Any) -> None:
         self.out.put(message)
@@ -85,6 +87,7 @@ class Worker:
         self.jobs: "queue.Queue[Job | None]" = queue.Queue(maxsize=max_queue)
         self.thread = threading.Thread(target=self.run, name="mlxgen-worker", daemon=True)
         self.served = 0
+        self.current: Job | None = None  # the job the worker runs now
         self.finished: collections.deque = collections.deque(maxlen=64)  # (request id, reason, tokens)
 
     def start(self) -> "Worker":
@@ -108,6 +111,7 @@ class Worker:
                 return
             if job.cancelled.is_set():
                 continue
+            self.current = job
             try:
                 self.serve(job)
             except ApiError as e:
@@ -122,7 +126,14 @@ class Worker:
                 log.exception("request %s failed", job.req.id)
                 job.send("error", ApiError(500, f"internal error: {type(e).__name__}", type="server_error"))
             finally:
+                self.current = None
                 self.served += 1
+
+    def peer_lost(self, lost: RankLost) -> None:
+        """Another rank ended (the launcher's PEER_LOST): the request in flight gets the line, the server ends.
+
+        Runs in the main thread: the worker may be stuck in a collective that never returns."""
+        rank_gone(self.current, lost)
 
     # ------------------------------------------------------------------ one job
 
@@ -200,8 +211,16 @@ class Worker:
         return {**one(tid, lp), "top": [one(i, v) for i, v in top[:k]]}
 
 
-def rank_gone(job, lost: RankLost) -> None:
+_ENDING = threading.Lock()  # the worker and the launcher's signal may both see the lost rank: one line
+
+
+def rank_gone(job: Job | None, lost: RankLost) -> None:
     """A rank of a distributed model is gone: nothing can be served any more; one line, and the server ends."""
-    job.send("error", ApiError(503, str(lost), type="server_error"))
+    if not _ENDING.acquire(blocking=False):
+        threading.Event().wait()  # the other caller is ending the process
+    if job is not None:
+        job.send("error", ApiError(503, str(lost), type="server_error"))
     print(f"mlxgen: error: {lost}", file=sys.stderr, flush=True)
+    if job is not None:
+        job.answered.wait(timeout=ANSWER_WAIT)  # let the 503 reach its client before the process ends
     os._exit(lost.exit_code)
