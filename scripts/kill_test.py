@@ -15,6 +15,7 @@ Scenarios (each kill is followed by the next, unkilled run):
   save     `mlxgen chat` answering one line, then `/save FILE` over an earlier save.
   promptcache  `mlxgen cache-prompt -o FILE` (llama.cpp) over an earlier saved prompt cache;
            the next `run --prompt-cache FILE` must load it (no corrupt load) and give the cold tokens.
+  promptcache-mlx  the same on MLX (the embedded model's import), with a shorter document.
 
 Half the kills land at a random time over a whole run; the other half at a random
 moment after the write region opened (the build's temp folder or the trace's temp file
@@ -429,21 +430,22 @@ def scenario_save(kills: int, work: Path, rng: random.Random, env: dict) -> Figu
 # ------------------------------------------------------------------ saved prompt cache
 
 
-def scenario_promptcache(kills: int, work: Path, rng: random.Random, env: dict, repeat: int = 40) -> Figures:
+def scenario_promptcache(kills: int, work: Path, rng: random.Random, env: dict, repeat: int = 40,
+                         backend: str = "llama.cpp") -> Figures:
     """`mlxgen cache-prompt -o FILE` over an earlier saved cache (of a shorter prompt); killed throughout.
 
     After each kill FILE must be the earlier file byte for byte, or a complete new one; the
     next `run --prompt-cache FILE` must load it (a refused file is a corrupt load) and give
     the reference tokens.
     """
-    fig = Figures("promptcache")
+    fig = Figures("promptcache" if backend == "llama.cpp" else f"promptcache ({backend})")
     t_start = time.monotonic()
     env = {**env, "MLXGEN_CACHE": str(work / "pc-cache")}
-    out_dir = work / "pc-out"
+    out_dir = work / f"pc-out-{backend}"
     out_dir.mkdir(exist_ok=True)
     saved, doc = out_dir / "doc.mlxcache", out_dir / "doc.txt"
     doc.write_text("The river runs past the mill and under the old stone bridge. " * repeat)
-    common = ["--backend", "llama.cpp", "--threads", "1", "--ctx", "2048"]
+    common = ["--backend", backend, "--ctx", "2048"] + (["--threads", "1"] if backend == "llama.cpp" else [])
     argv = mlxgen_argv("cache-prompt", *common, "-q", "-f", str(doc), "-o", str(saved))
     earlier_argv = mlxgen_argv("cache-prompt", *common, "-q", "-p", doc.read_text()[: len(doc.read_text()) // 2],
                                "-o", str(saved))
@@ -501,8 +503,13 @@ def tiny_models(work: Path) -> dict[str, Path]:
     return _MODELS[work]
 
 
+def scenario_promptcache_mlx(kills: int, work: Path, rng: random.Random, env: dict) -> Figures:
+    """The same on MLX (the embedded model's import; a shorter document: MLX on a CPU prefills slowly)."""
+    return scenario_promptcache(kills, work, rng, env, repeat=12, backend="mlx")
+
+
 SCENARIOS = {"convert": scenario_convert, "gguf": scenario_gguf, "trace": scenario_trace, "save": scenario_save,
-             "promptcache": scenario_promptcache}
+             "promptcache": scenario_promptcache, "promptcache-mlx": scenario_promptcache_mlx}
 
 
 def main(argv: list[str] | None = None) -> int:
