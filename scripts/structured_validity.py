@@ -15,6 +15,10 @@ For every backend named (default: every installed one), on the embedded SmolLM2-
     python scripts/structured_validity.py --backend mlx --out mlx.jsonl &      # in parallel, then:
     python scripts/structured_validity.py --summarize llama.jsonl mlx.jsonl
 
+    # identity on the same numbers: llama.cpp on the embedded weights stored as F32
+    # (scripts/make_f16_gguf.py --f32: it then computes in float32, as MLX does), greedy only
+    python scripts/structured_validity.py --backend llama.cpp --seeds 0 --llama-model F32.gguf --out f32.jsonl
+
 Writes one JSON record per run to ``--out`` (JSON lines) and prints the counts.
 """
 
@@ -58,6 +62,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N schemas (and N others)")
     ap.add_argument("--start", type=int, default=0, help="skip the first N cases (split a slow backend over processes)")
     ap.add_argument("--out", default="structured_validity.jsonl")
+    ap.add_argument("--llama-model", help="the GGUF llama.cpp runs (default: the embedded model)")
     ap.add_argument("--summarize", nargs="+", metavar="JSONL", help="only summarize earlier runs' files "
                     "(e.g. one per backend, run in parallel)")
     args = ap.parse_args()
@@ -95,8 +100,10 @@ def run_backend(name: str, facts, args, out) -> list[dict]:
     from mlxgen.loop import Done
     from mlxgen.session import open_session, sampling_params
 
-    cfg = load_config(None, {"backend": name, "inference.temperature": args.temperature,
-                             "inference.max_length": args.max_tokens})
+    overrides = {"backend": name, "inference.temperature": args.temperature, "inference.max_length": args.max_tokens}
+    if name == "llama.cpp" and args.llama_model:
+        overrides.update({"llm.path": args.llama_model, "llm.package": None, "llm.file": None, "llm.repo": None})
+    cfg = load_config(None, overrides)
     sess = open_session(cfg, hardware.detect(facts, name))
     cases = [(n, p, "json_schema", json.dumps(sc), sc) for n, p, sc in SCHEMAS[: args.limit]]
     cases += [(n, p, k, v, rx) for n, p, k, v, rx in OTHERS[: args.limit]]

