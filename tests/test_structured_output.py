@@ -219,6 +219,8 @@ def test_bench_runs_the_constrained_loop_beside_the_plain_one(cache_env):
     assert "the grammar was still open for 8 of the last run's 8 tokens" in out
     row = next(line for line in out.splitlines() if "| tg8 |" in line)
     assert float(row.split("|")[-3].strip(" †")) > 0  # constrained/plain, a ratio (†: noisy, not a verdict)
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1, table  # header, alignment and rows: one width
 
 
 def test_speculation_keeps_the_constraint(llama):

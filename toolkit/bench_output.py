@@ -61,6 +61,7 @@ def format_markdown(report: Report) -> str:
     constrained = report.settings.constraint is not None
     if constrained:
         head += ["constrained t/s", "constrained/plain", "constraint µs/tok"]
+        align += ["---:", "---:", "---:"]
     spec = any(r.loop == "speculative" for r in report.results)
     if spec:
         head += ["speculative t/s", "spec/plain", "accepted"]
