@@ -19,6 +19,18 @@ For each setting (16 = the full-precision cache) it reports:
   (A B C C B A …), the median of ``--reps`` runs of ``--decode`` greedy steps (the cache
   trimmed back to that depth between runs).
 
+Settings (``--bits``): ``16`` full precision, ``8``/``4`` the quantized cache, ``8g32`` MLX's
+8-bit cache with quantization group 32. Two references show how far a change that is *not*
+quantization moves the argmax on the same model, i.e. the floor under any agreement figure:
+llama.cpp's ``16-nofa`` (flash attention off), and MLX's ``16-f16kv``/``16-bf16kv`` (the
+cache's K/V rounded to float16/bfloat16, what mlx-lm holds on a Mac; compute stays float32).
+At each disagreement the script reports the reference's own top-2 gap: a flip where the two
+best tokens were 0.02 apart is a near-tie, not a lost prediction.
+
+``--text`` takes a comma list; ``--positions`` tokens of each are teacher-forced on a fresh
+cache and the counts pooled. ``--model`` runs another GGUF (e.g. ``make_f16_gguf.py``'s F16
+file: no 8-bit activation rounding in llama.cpp's matmuls).
+
 Shared-box numbers: compare the settings with each other, not with other runs.
 """
 
@@ -34,14 +46,45 @@ from pathlib import Path
 DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 
 
-def open_backend(name: str, bits: int, n_ctx: int, threads: int, no_flash: bool = False):
+def open_backend(name: str, bits: int, n_ctx: int, threads: int, no_flash: bool = False, model: str | None = None):
     from mlxgen import session
     from mlxgen.config import load_config
 
-    cfg = load_config(None, {"backend": name, "llm.n_ctx": n_ctx, "llm.n_threads": threads,
-                             "llm.kv_bits": None if bits == 16 else bits, "inference.raw": True,
-                             "llm.flash_attn": not no_flash})
+    overrides = {"backend": name, "llm.n_ctx": n_ctx, "llm.n_threads": threads,
+                 "llm.kv_bits": None if bits == 16 else bits, "inference.raw": True, "llm.flash_attn": not no_flash}
+    if model:
+        overrides.update({"llm.path": model, "llm.package": None, "llm.file": None, "llm.repo": None})
+    cfg = load_config(None, overrides)
     return session.open_session(cfg, session.plan(cfg).choice)
+
+
+def open_setting(name: str, label: str, n_ctx: int, threads: int, model: str | None):
+    """A session for one --bits label: 16, 8, 4, 8g32 (MLX group 32), 16-nofa (llama.cpp), and on MLX
+    16-f16kv/16-bf16kv/16-q8g64 (K/V rounded as stored, attention unchanged)."""
+    bits = int(label.split("-")[0].split("g")[0])
+    sess = open_backend(name, bits, n_ctx, threads, no_flash=label.endswith("-nofa"), model=model)
+    if "g" in label.split("-")[0]:  # MLX: another quantization group
+        sess.backend.kv_group = int(label.split("-")[0].split("g")[1])
+        sess.backend.trim(0)
+    rounding = label.split("-")[1] if label.startswith("16-") and label != "16-nofa" else None
+    if rounding:
+        import mlx.core as mx
+        from mlx_lm.models.cache import KVCache
+
+        def rounded(x):
+            if rounding in ("f16kv", "bf16kv"):
+                return x.astype(mx.float16 if rounding == "f16kv" else mx.bfloat16).astype(x.dtype)
+            bits, group = (int(v) for v in rounding[1:].split("g"))  # q8g64: quantized and back, as MLX stores it
+            return mx.dequantize(*mx.quantize(x, group_size=group, bits=bits), group_size=group, bits=bits)
+
+        class RoundedKV(KVCache):  # K/V rounded as they are stored; attention is the full-precision kernel
+            def update_and_fetch(self, keys, values):
+                return super().update_and_fetch(rounded(keys), rounded(values))
+
+        plain = sess.backend._new_cache
+        sess.backend._new_cache = lambda: [RoundedKV() if type(c) is KVCache else c for c in plain()]
+        sess.backend.trim(0)
+    return sess
 
 
 def to_numpy(x):
@@ -50,30 +93,50 @@ def to_numpy(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def agreement(sessions: dict, ids: list[int], chunk: int, bases=("16", "16-nofa")) -> dict:
-    """Teacher forcing, every setting chunk by chunk: top-1 agreement with each base and mean KL(base || setting)."""
+def agreement(sessions: dict, texts: list[list[int]], chunk: int, bases=("16", "16-nofa")) -> dict:
+    """Teacher forcing, every setting chunk by chunk, each text on a fresh cache.
+
+    Per base: top-1 agreement of each setting, mean KL(base || setting), and the base's own
+    top-2 gap at each disagreement (median, max) with the share of all positions that close.
+    """
     import numpy as np
 
     def log_softmax(x):
         x = x - x.max(-1, keepdims=True)
         return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
-    for sess in sessions.values():
-        sess.backend.trim(0)
     bases = [b for b in bases if b in sessions]
     same = {b: {n: 0 for n in sessions} for b in bases}
     kl = {b: {n: 0.0 for n in sessions} for b in bases}
-    t0 = time.perf_counter()
-    for start in range(0, len(ids), chunk):
-        rows = {n: log_softmax(to_numpy(s.backend.verify(ids[start : start + chunk]))) for n, s in sessions.items()}
-        for base in bases:
-            ref = rows[base]
-            for n, r in rows.items():
-                same[base][n] += int((r.argmax(-1) == ref.argmax(-1)).sum())
-                kl[base][n] += float((np.exp(ref) * (ref - r)).sum(-1).sum())
-        print(f"{start + chunk} positions ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return {f"vs {b}": {"top1": {n: v / len(ids) for n, v in same[b].items()},
-                        "mean_kl": {n: v / len(ids) for n, v in kl[b].items()}} for b in bases}
+    gaps = {b: {n: [] for n in sessions} for b in bases}
+    all_gaps = {b: [] for b in bases}
+    total, t0 = 0, time.perf_counter()
+    for ids in texts:
+        for sess in sessions.values():
+            sess.backend.trim(0)
+        for start in range(0, len(ids), chunk):
+            rows = {n: log_softmax(to_numpy(s.backend.verify(ids[start : start + chunk]))) for n, s in sessions.items()}
+            for base in bases:
+                ref = rows[base]
+                top2 = np.sort(ref, -1)[:, -2:]
+                gap = top2[:, 1] - top2[:, 0]
+                all_gaps[base].extend(gap.tolist())
+                for n, r in rows.items():
+                    differ = r.argmax(-1) != ref.argmax(-1)
+                    same[base][n] += int((~differ).sum())
+                    gaps[base][n].extend(gap[differ].tolist())
+                    kl[base][n] += float((np.exp(ref) * (ref - r)).sum(-1).sum())
+            total += len(rows[bases[0]])
+            print(f"{total} positions ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    def gap_stats(base, n):
+        g = gaps[base][n]
+        return {"flips": len(g), "median": statistics.median(g) if g else None, "max": max(g) if g else None,
+                "positions_this_close": sum(x <= max(g) for x in all_gaps[base]) / total if g else 0.0}
+
+    return {f"vs {b}": {"top1": {n: v / total for n, v in same[b].items()},
+                        "mean_kl": {n: v / total for n, v in kl[b].items()},
+                        "gap_at_flips": {n: gap_stats(b, n) for n in sessions if n != b}} for b in bases}
 
 
 def mlx_bytes(backend, depth: int) -> int:
@@ -124,10 +187,11 @@ def decode_tps(backend, ids: list[int], depth: int, n: int) -> float:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--backend", required=True, choices=["llama.cpp", "mlx"])
-    p.add_argument("--text", default=DEFAULT_TEXT)
-    p.add_argument("--positions", type=int, default=1024)
+    p.add_argument("--text", default=DEFAULT_TEXT, help="a file, or a comma list of files (pooled)")
+    p.add_argument("--model", help="a GGUF file instead of the embedded model")
+    p.add_argument("--positions", type=int, default=1024, help="teacher-forced positions per text")
     p.add_argument("--chunk", type=int, default=128)
-    p.add_argument("--bits", default="16,8,4")
+    p.add_argument("--bits", default="16,8,4", help="comma list: 16, 8, 4, 8g32 (MLX group 32), 16-f16kv, 16-bf16kv (MLX)")
     p.add_argument("--depths", default="2048,8192")
     p.add_argument("--check", type=int, default=300, help="MLX: check the byte figure against a real prefill this deep")
     p.add_argument("--decode", type=int, default=32)
@@ -141,28 +205,30 @@ def main() -> int:
 
     hardware.gather_facts()  # llama_cpp before numpy (see cli.probe_hardware)
     skip = set(filter(None, args.skip.split(",")))
-    bits = [int(b) for b in args.bits.split(",")]
+    labels = args.bits.split(",")
     depths = [int(d) for d in args.depths.split(",")]
     n_ctx = max(args.positions + args.chunk, args.decode_depth + args.decode + 8)
-    settings = [(b, False) for b in bits]
-    if args.backend == "llama.cpp" and 16 in bits and any(b != 16 for b in bits):
-        settings.insert(1, (16, True))
-    label = lambda s: f"{s[0]}{'-nofa' if s[1] else ''}"  # noqa: E731
-    sessions = {label(s): open_backend(args.backend, s[0], n_ctx, args.threads, s[1]) for s in settings}
-    out = {"backend": args.backend, "text": args.text, "positions": args.positions, "settings": list(sessions)}
+    if args.backend == "llama.cpp" and "16" in labels and len(labels) > 1 and "16-nofa" not in labels:
+        labels.insert(labels.index("16") + 1, "16-nofa")
+    sessions = {lab: open_setting(args.backend, lab, n_ctx, args.threads, args.model) for lab in labels}
+    files = args.text.split(",")
+    out = {"backend": args.backend, "model": args.model or "embedded", "texts": files,
+           "positions_per_text": args.positions, "settings": list(sessions)}
     first = next(iter(sessions.values()))
-    ids = first.tokenizer.encode(Path(args.text).read_text(encoding="utf-8"))[: args.positions]
-    assert len(ids) == args.positions, f"the text has only {len(ids)} tokens"
+    texts = [first.tokenizer.encode(Path(f).read_text(encoding="utf-8"))[: args.positions] for f in files]
+    for f, ids in zip(files, texts):
+        assert len(ids) == args.positions, f"{f} has only {len(ids)} tokens"
+    ids = texts[0]
 
     if "bytes" not in skip:
         out["kv_bytes"] = {}
         for name, sess in sessions.items():
-            if "fa" in name:
+            if not name.isdigit():  # a variant of 16 or 8: same bytes as its plain setting (or not a cache type)
                 continue
             row = {}
             for depth in depths:
                 if args.backend == "llama.cpp":
-                    b = open_backend("llama.cpp", int(name), depth, args.threads)
+                    b = open_backend("llama.cpp", int(name), depth, args.threads, model=args.model)
                     row[depth] = b.backend.kv_cache()["bytes"]
                     b.close()
                 else:
@@ -178,7 +244,7 @@ def main() -> int:
             print(f"kv bytes {name}: {row}", file=sys.stderr, flush=True)
 
     if "agree" not in skip:
-        out["agreement"] = agreement(sessions, ids, args.chunk)
+        out["agreement"] = agreement(sessions, texts, args.chunk)
 
     if "speed" not in skip:
         runs = {name: [] for name in sessions}
