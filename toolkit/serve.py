@@ -17,8 +17,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import queue
 import os
+import queue
 import select
 import signal
 import socket

@@ -36,7 +36,7 @@ from mlxgen.loop import Done
 from mlxgen.openai_api import ApiError, Request, params_for, usage, with_thinking
 
 log = logging.getLogger("mlxgen.serve")
-ANSWER_WAIT = 5.0  # seconds a lost rank's last request gets to write its 503
+ANSWER_WAIT = 3.0  # seconds a lost rank's last request gets to write its 503 (within launch.GRACE_S)
 
 
 @dataclass
