@@ -19,8 +19,10 @@ For each setting (16 = the full-precision cache) it reports:
   (A B C C B A …), the median of ``--reps`` runs of ``--decode`` greedy steps (the cache
   trimmed back to that depth between runs).
 
-Settings (``--bits``): ``16`` full precision, ``8``/``4`` the quantized cache, ``8g32`` MLX's
-8-bit cache with quantization group 32. Two references show how far a change that is *not*
+Settings (``--bits``): ``16`` full precision, ``8``/``4`` the quantized cache, ``8g64`` MLX's
+8-bit cache with quantization group 64 (mlx-lm's default; mlxgen's is 32), ``8-norot`` MLX's
+8-bit cache without the rotation of the keys (``mlxgen.backends.mlx.rotate_keys``): mlx-lm's
+``QuantizedKVCache`` as it is. Two references show how far a change that is *not*
 quantization moves the argmax on the same model, i.e. the floor under any agreement figure:
 llama.cpp's ``16-nofa`` (flash attention off), and MLX's ``16-f16kv``/``16-bf16kv`` (the
 cache's K/V rounded to float16/bfloat16, what mlx-lm holds on a Mac; compute stays float32)
@@ -59,15 +61,22 @@ def open_backend(name: str, bits: int, n_ctx: int, threads: int, no_flash: bool 
 
 
 def open_setting(name: str, label: str, n_ctx: int, threads: int, model: str | None):
-    """A session for one --bits label: 16, 8, 4, 8g32 (MLX group 32), 16-nofa (llama.cpp), and on MLX
-    16-f16kv/16-bf16kv/16-q8g64 (K/V rounded as stored, attention unchanged)."""
+    """A session for one --bits label: 16, 8, 4, 8g64 (MLX group 64), 8-norot (MLX keys not rotated),
+    16-nofa (llama.cpp), and on MLX 16-f16kv/16-bf16kv/16-q8g64 (K/V rounded as stored, attention unchanged)."""
     head, _, variant = label.partition("-")  # "8g32" -> ("8g32", ""), "16-bf16kv" -> ("16", "bf16kv")
     bits, _, group = head.partition("g")
     sess = open_backend(name, int(bits), n_ctx, threads, no_flash=variant == "nofa", model=model)
     if group:  # MLX: another quantization group
         sess.backend.kv_group = int(group)
         sess.backend.trim(0)
-    rounding = variant if variant not in ("", "nofa") else None
+    if variant == "norot":  # MLX: keys cached as the model computes them (mlx-lm's QuantizedKVCache alone)
+        from mlxgen.backends.mlx import _RotatedRoPE
+
+        for _, m in sess.backend.model.named_modules():
+            if isinstance(getattr(m, "rope", None), _RotatedRoPE):
+                m.rope = m.rope.rope
+        sess.backend.rotated = 0
+    rounding = variant if variant not in ("", "nofa", "norot") else None
     if rounding:
         import mlx.core as mx
         from mlx_lm.models.cache import KVCache
@@ -192,7 +201,7 @@ def main() -> int:
     p.add_argument("--model", help="a GGUF file instead of the embedded model")
     p.add_argument("--positions", type=int, default=1024, help="teacher-forced positions per text")
     p.add_argument("--chunk", type=int, default=128)
-    p.add_argument("--bits", default="16,8,4", help="comma list: 16, 8, 4, 8g32 (MLX group 32), 16-nofa (llama.cpp), "
+    p.add_argument("--bits", default="16,8,4", help="comma list: 16, 8, 4, 8g64 (MLX group 64), 8-norot (MLX), 16-nofa (llama.cpp), "
                    "16-f16kv, 16-bf16kv, 16-q8g64 (MLX)")
     p.add_argument("--depths", default="2048,8192")
     p.add_argument("--check", type=int, default=300, help="MLX: check the byte figure against a real prefill this deep")
@@ -225,7 +234,7 @@ def main() -> int:
     if "bytes" not in skip:
         out["kv_bytes"] = {}
         for name, sess in sessions.items():
-            if not name.isdigit():  # a variant of 16 or 8: same bytes as its plain setting (or not a cache type)
+            if "-" in name:  # a variant of 16 or 8: same bytes as its plain setting (or not a cache type)
                 continue
             row = {}
             for depth in depths:

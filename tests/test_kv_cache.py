@@ -21,6 +21,16 @@ TEXT = ("The quick brown fox jumps over the lazy dog. A journey of a thousand mi
         "The early bird catches the worm, and the second mouse gets the cheese. Knowledge is power. ")
 
 
+def reference_text() -> str:
+    """Python's own reference page on special method names: a long real text on every machine."""
+    import pydoc_data.topics
+
+    return pydoc_data.topics.topics["specialnames"]
+
+
+REFERENCE = reference_text()
+
+
 def top1(backend, ids) -> np.ndarray:
     backend.trim(0)
     return np.asarray(backend.verify(ids), dtype=np.float32).argmax(-1)
@@ -52,31 +62,75 @@ def test_llamacpp_quantized_cache_types_bytes_and_flash_attention(env):
         assert any("flash attention stays on (--no-flash-attn ignored)" in w for w in off["llama.cpp"].warnings())
 
 
-def test_mlx_quantized_cache(env):
-    from mlx_lm.models.cache import QuantizedKVCache
+def test_mlx_quantized_cache_with_rotated_keys(env):
+    """--kv-bits on MLX: mlx-lm's QuantizedKVCache (group 32) holding keys rotated by rotate_keys.
 
-    common = {"llm.n_ctx": 256}
+    The rotation leaves attention exact (the same logits through a full-precision cache) and
+    rounds better: closer logits through the 8-bit cache than the same cache without it.
+    """
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
+
+    from mlxgen.backends import mlx as mlx_backend
+    from mlxgen.backends.mlx import _RotatedRoPE, _rotation, rotate_keys
+
+    r = np.asarray(_rotation(64))
+    assert np.abs(r @ r.T - np.eye(64)).max() < 1e-6 and np.abs(np.abs(r) - 1 / 8).max() < 1e-7  # Hadamard
+    r80 = np.asarray(_rotation(80))  # not a power of two: a random orthogonal matrix
+    assert np.abs(r80 @ r80.T - np.eye(80)).max() < 1e-5
+    common = {"llm.n_ctx": 320}
     with open_sessions(env, ["mlx"], **common) as full, open_sessions(env, ["mlx"], **common, **{"llm.kv_bits": 8}) as q8:
         f, b8 = full["mlx"].backend, q8["mlx"].backend
-        assert all(isinstance(c, QuantizedKVCache) and (c.bits, c.group_size) == (8, 64) for c in b8.cache)
-        ids = full["mlx"].tokenizer.encode(TEXT)[:40]
-        agree = (top1(f, ids) == top1(b8, ids)).mean()
-        assert agree >= 0.9
+        assert all(isinstance(c, QuantizedKVCache) and (c.bits, c.group_size) == (8, 32) for c in b8.cache)
+        assert b8.rotated == 30 and f.rotated == 0  # every layer's keys cached rotated, and only with kv_bits
+        ids = full["mlx"].tokenizer.encode(REFERENCE)[:300]
+        ref = np.asarray(f.verify(ids), dtype=np.float32)
+        rotated = np.asarray(b8.verify(ids), dtype=np.float32)
+        assert (ref.argmax(-1) == rotated.argmax(-1)).mean() >= 0.97
         kv16, kv8 = f.kv_cache(), b8.kv_cache()
-        assert kv8["type"] == "8-bit (group 64)" and kv16["type"].startswith("full precision (")
-        assert 0 < kv8["bytes"] < 0.6 * kv16["bytes"]  # 8 bits + a scale and bias per 64 values, against 16 or 32 bits
+        assert kv8["type"] == "8-bit (group 32, keys rotated)" and kv16["type"].startswith("full precision (")
+        assert 0 < kv8["bytes"] < 0.65 * kv16["bytes"]  # 8 bits + a scale and bias per 32 values, against 16 or 32 bits
         b8.trim(20)
         assert b8.n_cached == 20
         b8.trim(0)  # a fresh cache: quantized again
         assert all(isinstance(c, QuantizedKVCache) for c in b8.cache) and b8.n_cached == 0
 
+        b8._new_cache = lambda: [KVCache() for _ in b8.model.layers]  # the rotated model, a full-precision cache
+        b8.trim(0)
+        assert np.abs(np.asarray(b8.verify(ids), dtype=np.float32) - ref).max() < 1e-3
+        del b8._new_cache
+        for _, m in b8.model.named_modules():  # the same 8-bit cache, keys as the model computes them
+            if isinstance(getattr(m, "rope", None), _RotatedRoPE):
+                m.rope = m.rope.rope
+        b8.trim(0)
+        plain = np.asarray(b8.verify(ids), dtype=np.float32)
+        assert kl(ref, rotated) < 0.8 * kl(ref, plain)  # 0.56 here; 0.6 over GPL-3's first 1,024 positions
+
+        r64 = _rotation(64)  # a rotation that is not orthogonal changes the logits: the check pass undoes it
+        try:
+            mlx_backend._ROTATIONS[64] = r64 * 1.5
+            assert rotate_keys(b8.model) == 0
+            assert not any(isinstance(getattr(m, "rope", None), _RotatedRoPE) for _, m in b8.model.named_modules())
+        finally:
+            mlx_backend._ROTATIONS[64] = r64
+        assert rotate_keys(b8.model) == 30
+
 
 def test_mlx_kv_group_follows_head_dim():
     from mlxgen.backends.mlx import kv_group_size
 
-    assert kv_group_size({"hidden_size": 576, "num_attention_heads": 9}, 8) == 64
+    assert kv_group_size({"hidden_size": 576, "num_attention_heads": 9}, 8) == 32
     assert kv_group_size({"head_dim": 96}, 4) == 32
-    assert kv_group_size({"head_dim": 80}, None) == 64  # no quantization: nothing to check
+    assert kv_group_size({"head_dim": 80}, None) == 32  # no quantization: nothing to check
+
+
+def kl(ref: np.ndarray, got: np.ndarray) -> float:
+    """Mean KL(ref || got) over rows of logits."""
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = log_softmax(ref), log_softmax(got)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 def test_llamacpp_shifts_in_place(env):
