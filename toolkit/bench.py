@@ -177,7 +177,7 @@ class BackendRun:
     rss_start_bytes: int | None = None  # resident before this backend loaded (what it shares with earlier ones)
     device_peak_bytes: int | None = None  # the backend library's own allocator peak (MLX), if it keeps one
     ranks: int = 1  # processes the model is split across (a distributed MLX group), rank 0 measured
-    kv_type: str = ""  # the KV cache's element type (llm.kv_bits): "f16", "q8_0", "8-bit (group 64)" …
+    kv_type: str = ""  # the KV cache's element type (llm.kv_bits): "f16", "q8_0", "8-bit (group 32, keys rotated)" …
     kv_bytes: int | None = None  # the most memory the KV cache held after any run (llama.cpp: allocated at load)
 
 
