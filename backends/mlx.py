@@ -168,10 +168,16 @@ def rotate_keys(model, check: bool = True) -> int:
         except Exception:
             same = False
         if not same:
-            for m in holders:
-                m.rope = m.rope.rope  # back into the module tree as it was
+            unrotate_keys(model)
             return 0
     return len(holders)
+
+
+def unrotate_keys(model) -> None:
+    """Undo rotate_keys: each attention's own RoPE back in the module tree, as it was."""
+    for _, m in model.named_modules():
+        if isinstance(getattr(m, "rope", None), _RotatedRoPE):
+            m.rope = m.rope.rope
 
 
 class _RotatedRoPE:

@@ -70,11 +70,9 @@ def open_setting(name: str, label: str, n_ctx: int, threads: int, model: str | N
         sess.backend.kv_group = int(group)
         sess.backend.trim(0)
     if variant == "norot":  # MLX: keys cached as the model computes them (mlx-lm's QuantizedKVCache alone)
-        from mlxgen.backends.mlx import _RotatedRoPE
+        from mlxgen.backends.mlx import unrotate_keys
 
-        for _, m in sess.backend.model.named_modules():
-            if isinstance(getattr(m, "rope", None), _RotatedRoPE):
-                m.rope = m.rope.rope
+        unrotate_keys(sess.backend.model)
         sess.backend.rotated = 0
     rounding = variant if variant not in ("", "nofa", "norot") else None
     if rounding:
