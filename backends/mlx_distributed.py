@@ -154,7 +154,7 @@ def _load_shard(weights: Path, cfg, g) -> tuple[MLXBackend, str]:
                        kv_bits=kv_bits, kv_group=kv_group_size(config, kv_bits))
     local.config = config
     if kv_bits:  # no check pass: a forward pass here is collective, and each rank rotates its own heads
-        local.rotated = rotate_keys(model, check=False)
+        local.rotated = rotate_keys(model)
     return local, mode
 
 
