@@ -83,7 +83,7 @@ def test_mlx_quantized_cache_with_rotated_keys(env):
         f, b8 = full["mlx"].backend, q8["mlx"].backend
         assert all(isinstance(c, QuantizedKVCache) and (c.bits, c.group_size) == (8, 32) for c in b8.cache)
         assert b8.rotated == 30 and f.rotated == 0  # every layer's keys cached rotated, and only with kv_bits
-        ids = full["mlx"].tokenizer.encode(REFERENCE)[:100]  # MLX on a CPU prefills ~10 tokens/s
+        ids = full["mlx"].tokenizer.encode(REFERENCE)[:64]  # MLX on a CPU prefills ~10 tokens/s
         ref = np.asarray(f.verify(ids), dtype=np.float32)
         rotated = np.asarray(b8.verify(ids), dtype=np.float32)
         assert (ref.argmax(-1) == rotated.argmax(-1)).mean() >= 0.95
@@ -102,7 +102,7 @@ def test_mlx_quantized_cache_with_rotated_keys(env):
         unrotate_keys(b8.model)  # the same 8-bit cache, keys as the model computes them
         b8.trim(0)
         plain = np.asarray(b8.verify(ids), dtype=np.float32)
-        assert kl(ref, rotated) < 0.8 * kl(ref, plain)  # 0.56 here (0.55-0.64 at 64-300 positions), 0.46 over 3,072
+        assert kl(ref, rotated) < 0.8 * kl(ref, plain)  # 0.55 here (0.55-0.64 at 64-300 positions), 0.46 over 3,072
 
         # the check pass: in float32 whatever the model's dtype (in bfloat16 the rotation alone moves
         # this model's logits by 5-14%, as much as a broken one), weights put back as they were
