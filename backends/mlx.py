@@ -90,8 +90,6 @@ def load(weights: Path, cfg: Config, choice: Choice | None = None) -> "MLXBacken
     backend = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights),
                          kv_bits=kv_bits, kv_group=kv_group_size(config, kv_bits))
     backend.config = config
-    if kv_bits:
-        backend.rotated = rotate_keys(model, backend.vocab_size)
     return backend
 
 
@@ -237,13 +235,14 @@ class MLXBackend:
     sampling_ops = MLX  # base.Pipelined: the loop may queue the next step before using this one
 
     def __init__(self, model, n_ctx: int, vocab_size: int, folder: Path | None = None, kv_bits: int | None = None,
-                 kv_group: int = KV_GROUPS[0]) -> None:
+                 kv_group: int = KV_GROUPS[0], check_rotation: bool = True) -> None:
         self.model = model
         self.folder = folder  # the model folder (for mlx-lm's own tokenizer in native_stream)
         self._native_tokenizer = None
         self.config: dict | None = None  # the model folder's config.json
         self.kv_bits, self.kv_group = kv_bits, kv_group
-        self.rotated = 0  # attentions whose keys are cached rotated (rotate_keys; with kv_bits)
+        # attentions whose keys are cached rotated (with kv_bits; no check pass on a distributed rank)
+        self.rotated = rotate_keys(model, vocab_size if check_rotation else None) if kv_bits else 0
         self.cache = self._new_cache()
         self.n_ctx = n_ctx
         self.vocab_size = vocab_size
@@ -329,8 +328,15 @@ class MLXBackend:
     # ------------------------------------------------------------- state (base.State)
     @property
     def state_version(self) -> str:
-        layout = f", kv group {self.kv_group}" + (", keys rotated" if self.rotated else "") if self.kv_bits else ""
+        layout = f", kv {self.kv_layout}" if self.kv_bits else ""
         return f"mlx {mx.__version__}, mlx-lm {_version('mlx-lm')}{layout}"
+
+    @property
+    def kv_layout(self) -> str:
+        """A quantized cache's layout, e.g. ``8-bit (group 32, keys rotated)``; empty at full precision."""
+        if not self.kv_bits:
+            return ""
+        return f"{self.kv_bits}-bit (group {self.kv_group}{', keys rotated' if self.rotated else ''})"
 
     def save_state(self) -> bytes:
         """The cache as mlx-lm's own prompt-cache file (``save_prompt_cache``: safetensors), in memory."""
@@ -381,7 +387,7 @@ class MLXBackend:
         plain = sum(not isinstance(c, QuantizedKVCache) for c in self.cache)
         keys = next((c.keys for c in self.cache if not c.empty() and isinstance(getattr(c, "keys", None), mx.array)), None)
         full = f"full precision ({str(keys.dtype).replace('mlx.core.', '')})" if keys is not None else "full precision"
-        kind = f"{self.kv_bits}-bit (group {self.kv_group}{', keys rotated' if self.rotated else ''})" if self.kv_bits else full
+        kind = self.kv_layout or full
         note = f"{plain} of {len(self.cache)} layers keep their own full-precision cache" if self.kv_bits and plain else ""
         return {"type": kind, "bytes": size, "note": note}
 

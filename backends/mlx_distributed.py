@@ -143,7 +143,7 @@ def load(weights: Path, cfg, choice=None):
 
 
 def _load_shard(weights: Path, cfg, g) -> tuple[MLXBackend, str]:
-    from mlxgen.backends.mlx import kv_group_size, read_model, rotate_keys
+    from mlxgen.backends.mlx import kv_group_size, read_model
 
     model, config = read_model(weights, lazy=True)  # nothing is read until this rank's shard is evaluated
     mode = split(model, config, g)
@@ -151,10 +151,9 @@ def _load_shard(weights: Path, cfg, g) -> tuple[MLXBackend, str]:
     mx.eval(mx.distributed.all_sum(mx.array(1.0), group=g))  # every rank loaded: the same barrier as sharded_load
     kv_bits = cfg.llm.kv_quant  # each rank quantizes its own heads' cache
     local = MLXBackend(model, n_ctx=cfg.llm.n_ctx, vocab_size=_vocab_size(model, config), folder=Path(weights),
-                       kv_bits=kv_bits, kv_group=kv_group_size(config, kv_bits))
+                       kv_bits=kv_bits, kv_group=kv_group_size(config, kv_bits),
+                       check_rotation=False)  # a forward pass is collective here; each rank rotates its own heads
     local.config = config
-    if kv_bits:  # no check pass: a forward pass here is collective, and each rank rotates its own heads
-        local.rotated = rotate_keys(model)
     return local, mode
 
 

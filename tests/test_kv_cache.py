@@ -68,6 +68,7 @@ def test_mlx_quantized_cache_with_rotated_keys(env):
     The rotation leaves attention exact (the same logits through a full-precision cache) and
     rounds better: closer logits through the 8-bit cache than the same cache without it.
     """
+    import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
@@ -106,8 +107,6 @@ def test_mlx_quantized_cache_with_rotated_keys(env):
 
         # the check pass: in float32 whatever the model's dtype (in bfloat16 the rotation alone moves
         # this model's logits by 5-14%, as much as a broken one), weights put back as they were
-        import mlx.core as mx
-
         b8.model.set_dtype(mx.bfloat16)
         weights = dict(tree_flatten(b8.model.parameters()))
         r64 = _rotation(64)
